@@ -1,0 +1,1 @@
+"""Access to the ERP database: the reference schema, named queries, sample data."""

@@ -1,0 +1,62 @@
+"""The exception tree of tshjobs.
+
+Every error the appliance raises on purpose derives from `TshjobsError`. Task
+errors split into `TemporaryError` (the task is retried under its policy) and
+`PermanentError` (the task fails at once and waits in the audit log for a
+person to retry it).
+"""
+
+
+class TshjobsError(Exception):
+    """Base class of every error raised by tshjobs."""
+
+
+class ConfigError(TshjobsError):
+    """Raised when a setting is missing or invalid; the message names the
+    variable, the bad value and what is allowed."""
+
+
+class TaskError(TshjobsError):
+    """Base class of the errors a task raises to say how it failed."""
+
+
+class TemporaryError(TaskError):
+    """Raised when a task failed for a reason that may pass: a 4xx SMTP reply,
+    a dropped connection, a timeout. The task is retried."""
+
+
+class PermanentError(TaskError):
+    """Raised when retrying cannot help: a 5xx SMTP reply, a missing entity,
+    a customer without an email address. The task fails at once."""
+
+
+class EntityNotFound(PermanentError):
+    """Raised when an ERP row that a task needs does not exist."""
+
+    def __init__(self, entity: str, entity_id):
+        self.entity = entity
+        self.entity_id = entity_id
+        super().__init__(f"{entity} {entity_id} not found in the ERP database")
+
+
+class MissingEmailAddress(PermanentError):
+    """Raised when the customer an email is for has no usable email address."""
+
+
+class SmtpTemporaryError(TemporaryError):
+    """Raised when the SMTP server answered 4xx, dropped the connection or
+    timed out."""
+
+
+class SmtpPermanentError(PermanentError):
+    """Raised when the SMTP server rejected the message with a 5xx reply, or
+    rejected our login."""
+
+
+class AlreadySent(TshjobsError):
+    """Raised when an email of this kind was already sent for this entity and
+    the caller did not ask to force a repeat."""
+
+
+class UnknownTask(TshjobsError):
+    """Raised when a task name is not registered with the queue."""

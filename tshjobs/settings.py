@@ -1,0 +1,284 @@
+"""Settings of the appliance, read once from TSHJOBS_* environment variables.
+
+Values come from the process environment, then from an env file of
+`NAME=value` lines (`TSHJOBS_ENV_FILE`, by default `/etc/tshjobs/tshjobs.env`
+when it exists). The process environment wins. Every problem found is
+reported together in one `ConfigError` that names the variable, the bad value
+and what is allowed. Secrets are never echoed back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from email.headerregistry import Address
+from email.utils import parseaddr
+from pathlib import Path
+
+from tshjobs.errors import ConfigError
+
+DEFAULT_ENV_FILE = "/etc/tshjobs/tshjobs.env"
+ENV_PREFIX = "TSHJOBS_"
+SMTP_SECURITY_MODES = ("ssl", "starttls", "none")
+WORKER_TYPES = ("thread", "process")
+
+
+def _setting(default, help, *, secret=False, required=False):
+    return field(
+        default=default,
+        metadata={"help": help, "secret": secret, "required": required},
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One validated snapshot of the configuration."""
+
+    data_dir: Path = _setting(
+        Path("/var/lib/tshjobs"),
+        "Directory of the appliance's SQLite files: queue (when no Redis URL "
+        "is set), audit log, users and the email sent log.",
+    )
+    secret_key: str = _setting(
+        "",
+        "At least 32 characters. Signs queued tasks and dashboard sessions.",
+        secret=True,
+        required=True,
+    )
+    redis_url: str = _setting(
+        "",
+        "redis://host:port/db of the queue. Empty: the SQLite queue in the "
+        "data directory.",
+    )
+    queue_name: str = _setting("tshjobs", "Name of the Huey queue.")
+    erp_database_url: str = _setting(
+        "",
+        "The ERP database: postgresql://user@host:port/db or sqlite:///path.",
+        required=True,
+    )
+    erp_queries_file: str = _setting(
+        "",
+        "Optional SQL file whose named queries replace the built-in ones.",
+    )
+    smtp_host: str = _setting("127.0.0.1", "SMTP server host name.")
+    smtp_port: int = _setting(25, "SMTP server port (465 for ssl, 587 for starttls).")
+    smtp_security: str = _setting(
+        "none", "ssl (implicit TLS), starttls, or none (a local relay)."
+    )
+    smtp_username: str = _setting("", "SMTP login name; empty: no login.")
+    smtp_password: str = _setting("", "SMTP password.", secret=True)
+    smtp_timeout: float = _setting(30.0, "Seconds to wait for the SMTP server.")
+    smtp_verify_tls: bool = _setting(
+        True, "Verify the SMTP server's TLS certificate (true or false)."
+    )
+    mail_from: str = _setting(
+        "TSH <no-reply@localhost>", "From address of every email, with a name."
+    )
+    company_name: str = _setting("TSH", "Company name shown in emails.")
+    workers: int = _setting(4, "Number of consumer workers (1 to 64).")
+    worker_type: str = _setting("thread", "Consumer worker type: thread or process.")
+    retry_delays: tuple[float, ...] = _setting(
+        (60.0, 120.0, 240.0),
+        "Comma-separated seconds before each retry of a temporary failure; "
+        "their count is the number of retries.",
+    )
+    retry_jitter: float = _setting(
+        0.1, "Random share (0 to 1) added to or taken off each retry delay."
+    )
+    management_emails: tuple[str, ...] = _setting(
+        (), "Comma-separated addresses that receive the reports."
+    )
+    dashboard_bind: str = _setting(
+        "127.0.0.1:8080", "host:port the dashboard listens on."
+    )
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
+
+    @property
+    def queue_path(self) -> Path:
+        return self.data_dir / "queue.db"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.db"
+
+    @property
+    def state_path(self) -> Path:
+        """The appliance's own database: dashboard users and the sent log."""
+        return self.data_dir / "tshjobs.db"
+
+    def describe(self) -> dict[str, str]:
+        """Return every setting as text, with secrets masked."""
+        described = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.metadata["secret"]:
+                shown = "(set)" if value else "(empty)"
+            elif isinstance(value, tuple):
+                shown = ",".join(str(part) for part in value)
+            else:
+                shown = str(value)
+            described[env_name(item.name)] = shown
+        return described
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse `NAME=value` lines; blank lines and `#` comments are skipped."""
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}: expected NAME=value, got {line!r}")
+
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_delays(text: str) -> tuple[float, ...]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    delays = tuple(float(part) for part in parts)
+    if any(delay < 0 for delay in delays):
+        raise ValueError("delays must be zero or more seconds")
+    return delays
+
+
+def _parse_addresses(text: str) -> tuple[str, ...]:
+    addresses = tuple(part.strip() for part in text.split(",") if part.strip())
+    for address in addresses:
+        if not _is_email_address(address):
+            raise ValueError(f"{address!r} is not an email address")
+    return addresses
+
+
+def _is_email_address(text: str) -> bool:
+    return re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+", text) is not None
+
+
+def _check_value(name: str, value) -> str | None:
+    """Return a description of what is wrong with a parsed value, or None."""
+    if name == "secret_key" and len(value) < 32:
+        return "must be at least 32 characters (try: openssl rand -hex 32)"
+    if name == "erp_database_url" and not re.match(r"(postgres(ql)?|sqlite)://", value):
+        return "must start with postgresql:// or sqlite:///"
+    if name == "redis_url" and value and not re.match(r"rediss?://", value):
+        return "must start with redis:// or rediss://, or be empty"
+    if name == "smtp_security" and value not in SMTP_SECURITY_MODES:
+        return "allowed: " + ", ".join(SMTP_SECURITY_MODES)
+    if name == "worker_type" and value not in WORKER_TYPES:
+        return "allowed: " + ", ".join(WORKER_TYPES)
+    if name == "workers" and not 1 <= value <= 64:
+        return "must be from 1 to 64"
+    if name == "smtp_port" and not 1 <= value <= 65535:
+        return "must be from 1 to 65535"
+    if name == "smtp_timeout" and not 0 < value <= 600:
+        return "must be more than 0 and at most 600 seconds"
+    if name == "retry_jitter" and not 0 <= value <= 1:
+        return "must be from 0 to 1"
+    if name == "log_level" and value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        return "allowed: DEBUG, INFO, WARNING, ERROR"
+    if name == "mail_from" and not _is_email_address(parseaddr(value)[1]):
+        return "must be an address such as 'TSH <no-reply@example.com>'"
+    if name == "dashboard_bind" and not re.fullmatch(r"[^\s:]+:\d{1,5}", value):
+        return "must be host:port, such as 127.0.0.1:8080"
+    return None
+
+
+def _parse(item, text: str):
+    kind = type(item.default)
+    if kind is bool:
+        return _parse_bool(text)
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    if kind is Path:
+        return Path(text)
+    if item.name == "retry_delays":
+        return _parse_delays(text)
+    if item.name == "management_emails":
+        return _parse_addresses(text)
+    if item.name == "log_level":
+        return text.strip().upper()
+    return text.strip()
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Build Settings from the environment and the env file, or raise
+    ConfigError listing every invalid or missing variable."""
+    environ = dict(os.environ if environ is None else environ)
+    env_file = Path(environ.get(ENV_PREFIX + "ENV_FILE", DEFAULT_ENV_FILE))
+    if env_file.is_file():
+        merged = read_env_file(env_file)
+        merged.update(environ)
+        environ = merged
+    elif ENV_PREFIX + "ENV_FILE" in environ:
+        raise ConfigError(f"TSHJOBS_ENV_FILE={env_file}: file not found")
+
+    values, problems = {}, []
+    for item in fields(Settings):
+        name = env_name(item.name)
+        text = environ.get(name)
+        if text is None or text == "":
+            if item.metadata["required"]:
+                problems.append(f"{name} is missing: {item.metadata['help']}")
+            continue
+
+        shown = "(hidden)" if item.metadata["secret"] else repr(text)
+        try:
+            value = _parse(item, text)
+        except ValueError as exc:
+            problems.append(f"{name}={shown} is invalid: {exc}")
+            continue
+
+        problem = _check_value(item.name, value)
+        if problem:
+            problems.append(f"{name}={shown} is invalid: {problem}")
+            continue
+        values[item.name] = value
+
+    if problems:
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))
+    return Settings(**values)
+
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """Return the process's settings, loading them on first use."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def reset_settings() -> None:
+    """Forget the loaded settings so the next get_settings() reads again."""
+    global _current
+    _current = None
+
+
+def sender_address(settings: Settings) -> Address:
+    name, address = parseaddr(settings.mail_from)
+    username, _, domain = address.partition("@")
+    return Address(display_name=name, username=username, domain=domain)
