@@ -2,7 +2,7 @@
 
 Values come from the process environment, then from an env file of
 `NAME=value` lines (`TSHJOBS_ENV_FILE`, by default `/etc/tshjobs/tshjobs.env`
-when it exists). The process environment wins. Every problem found is
+when it exists; set it empty to read none). The process environment wins. Every problem found is
 reported together in one `ConfigError` that names the variable, the bad value
 and what is allowed. Secrets are never echoed back.
 """
@@ -208,9 +208,14 @@ def _parse(item, text: str):
     if kind is bool:
         return _parse_bool(text)
     if kind is int:
+        if not re.fullmatch(r"\s*-?\d+\s*", text):
+            raise ValueError("expected a whole number")
         return int(text)
     if kind is float:
-        return float(text)
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
     if kind is Path:
         return Path(text)
     if item.name == "retry_delays":
@@ -226,12 +231,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build Settings from the environment and the env file, or raise
     ConfigError listing every invalid or missing variable."""
     environ = dict(os.environ if environ is None else environ)
-    env_file = Path(environ.get(ENV_PREFIX + "ENV_FILE", DEFAULT_ENV_FILE))
-    if env_file.is_file():
+    # An empty TSHJOBS_ENV_FILE means: read no env file at all.
+    env_file_text = environ.get(ENV_PREFIX + "ENV_FILE", DEFAULT_ENV_FILE)
+    env_file = Path(env_file_text) if env_file_text else None
+    if env_file is not None and env_file.is_file():
         merged = read_env_file(env_file)
         merged.update(environ)
         environ = merged
-    elif ENV_PREFIX + "ENV_FILE" in environ:
+    elif env_file is not None and ENV_PREFIX + "ENV_FILE" in environ:
         raise ConfigError(f"TSHJOBS_ENV_FILE={env_file}: file not found")
 
     values, problems = {}, []
