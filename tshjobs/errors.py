@@ -60,3 +60,28 @@ class AlreadySent(TshjobsError):
 
 class UnknownTask(TshjobsError):
     """Raised when a task name is not registered with the queue."""
+
+
+class NotRetryable(TshjobsError):
+    """Raised when a person asks to retry a task whose state does not allow it
+    (only failed, expired and revoked tasks can be retried)."""
+
+
+def is_temporary(exc: BaseException) -> bool:
+    """Tell whether a task that raised `exc` may succeed if run again.
+
+    Our own errors say so by class. Of the rest, only connection-level
+    failures count as temporary (a refused or dropped connection, a timeout,
+    a locked or unreachable database); anything else is a bug or bad data,
+    and retrying it would only repeat the failure.
+    """
+    if isinstance(exc, TaskError):
+        return isinstance(exc, TemporaryError)
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    module = type(exc).__module__
+    return type(exc).__name__ == "OperationalError" and module in (
+        "sqlite3",
+        "psycopg",
+        "psycopg.errors",
+    )

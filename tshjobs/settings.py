@@ -80,14 +80,19 @@ class Settings:
     worker_type: str = _setting("thread", "Consumer worker type: thread or process.")
     retry_delays: tuple[float, ...] = _setting(
         (60.0, 120.0, 240.0),
-        "Comma-separated seconds before each retry of a temporary failure; "
-        "their count is the number of retries.",
+        "Comma-separated seconds before the first, second, ... retry of a "
+        "temporary failure; the last value repeats for later retries.",
     )
     retry_jitter: float = _setting(
         0.1, "Random share (0 to 1) added to or taken off each retry delay."
     )
     management_emails: tuple[str, ...] = _setting(
         (), "Comma-separated addresses that receive the reports."
+    )
+    task_modules: tuple[str, ...] = _setting(
+        ("tasks",),
+        "Comma-separated Python modules that declare tasks; the consumer, the "
+        "dashboard and the CLI import them all.",
     )
     dashboard_bind: str = _setting(
         "127.0.0.1:8080", "host:port the dashboard listens on."
@@ -170,6 +175,16 @@ def _parse_addresses(text: str) -> tuple[str, ...]:
     return addresses
 
 
+def _parse_modules(text: str) -> tuple[str, ...]:
+    modules = tuple(part.strip() for part in text.split(",") if part.strip())
+    for module in modules:
+        if not re.fullmatch(
+            r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module
+        ):
+            raise ValueError(f"{module!r} is not a Python module name")
+    return modules
+
+
 def _is_email_address(text: str) -> bool:
     return re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+", text) is not None
 
@@ -216,12 +231,14 @@ def _parse(item, text: str):
             return float(text)
         except ValueError:
             raise ValueError("expected a number") from None
-    if kind is Path:
+    if isinstance(item.default, Path):
         return Path(text)
     if item.name == "retry_delays":
         return _parse_delays(text)
     if item.name == "management_emails":
         return _parse_addresses(text)
+    if item.name == "task_modules":
+        return _parse_modules(text)
     if item.name == "log_level":
         return text.strip().upper()
     return text.strip()

@@ -1,0 +1,155 @@
+"""The queue end to end: enqueue in this process, run in a real consumer process,
+read the outcome from the audit log. Run against Redis and against SQLite."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import sample_tasks
+from tests.consumers import ConsumerProcess, wait_for_state
+from tshjobs import errors
+from tshjobs.queue import get_huey, retry_task
+from tshjobs.settings import load_settings
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def queue_env(request, settings_env, monkeypatch):
+    env = dict(settings_env)
+    env["TSHJOBS_TASK_MODULES"] = "tests.sample_tasks"
+    env["TSHJOBS_RETRY_DELAYS"] = "0.2,0.4"
+    env["TSHJOBS_RETRY_JITTER"] = "0"
+    env["TSHJOBS_WORKERS"] = "2"
+    if request.param == "redis":
+        env["TSHJOBS_REDIS_URL"] = request.getfixturevalue("redis_url")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_huey(load_settings())
+    return env
+
+
+@pytest.fixture
+def consumer(queue_env, tmp_path):
+    process = ConsumerProcess(queue_env, tmp_path / "consumer.log").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def audit(queue_env):
+    return get_huey().audit
+
+
+def test_enqueue_records_queued_row(queue_env, audit):
+    result = sample_tasks.add(2, 3)
+
+    row = audit.get(result.id)
+    assert row["state"] == "queued"
+    assert json.loads(row["args"]) == [2, 3]
+    assert row["name"] == "tests.sample_tasks.add"
+    assert get_huey().pending_count() == 1
+
+
+def test_task_succeeds(consumer, audit):
+    task_id = sample_tasks.add(2, 3).id
+
+    row = wait_for_state(audit, task_id, "succeeded")
+    assert row["result"] == "5"
+    assert row["attempts"] == 1
+    assert row["pid"] is not None
+    assert row["started_at"] >= row["enqueued_at"]
+    assert row["finished_at"] >= row["started_at"]
+
+
+def test_temporary_failure_retries_then_succeeds(consumer, audit, tmp_path):
+    counter = tmp_path / "count"
+    task_id = sample_tasks.flaky(str(counter), 2).id
+
+    row = wait_for_state(audit, task_id, "succeeded")
+    assert row["attempts"] == 3
+    assert row["result"] == "succeeded on attempt 3"
+    events = [event["event"] for event in audit.events(task_id)]
+    assert events.count("error") == 2
+    assert events.count("started") == 3
+
+
+def test_temporary_failure_exhausts_retries(consumer, audit, tmp_path):
+    task_id = sample_tasks.flaky(str(tmp_path / "count"), 10).id
+
+    row = wait_for_state(audit, task_id, "failed")
+    assert row["attempts"] == 4
+    assert "attempt 4 failed on purpose" in row["error"]
+    assert "TemporaryError" in row["traceback"]
+
+
+def test_permanent_failure_fails_at_once(consumer, audit):
+    task_id = sample_tasks.broken("order 99 not found").id
+
+    row = wait_for_state(audit, task_id, "failed")
+    assert row["attempts"] == 1
+    assert row["error"] == "PermanentError: order 99 not found"
+
+
+def test_unexpected_exception_is_not_retried(consumer, audit):
+    task_id = sample_tasks.buggy().id
+
+    row = wait_for_state(audit, task_id, "failed")
+    assert row["attempts"] == 1
+    assert "KeyError" in row["error"]
+
+
+def test_retry_reruns_failed_task_with_arguments(consumer, audit, tmp_path):
+    counter = tmp_path / "count"
+    first = sample_tasks.flaky(str(counter), 4).id
+    wait_for_state(audit, first, "failed")
+
+    second = retry_task(first, "alice")
+
+    row = wait_for_state(audit, second, "succeeded")
+    assert row["retry_of"] == first
+    assert json.loads(row["args"]) == [str(counter), 4]
+    assert audit.get(first)["retried_by"] == second
+    action = audit.actions()[0]
+    assert action["username"] == "alice"
+    assert action["task_id"] == first
+
+
+def test_retry_rejects_succeeded_task(consumer, audit):
+    task_id = sample_tasks.add(1, 1).id
+    wait_for_state(audit, task_id, "succeeded")
+
+    with pytest.raises(errors.NotRetryable):
+        retry_task(task_id, "alice")
+
+
+def test_retry_unknown_task_id(queue_env):
+    with pytest.raises(errors.UnknownTask):
+        retry_task("no-such-task", "alice")
+
+
+class _WritesFile:
+    """A pickle that creates a file when loaded: the proof of code execution."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_unsigned_message_is_not_unpickled(queue_env, consumer, audit, tmp_path):
+    if "TSHJOBS_REDIS_URL" not in queue_env:
+        pytest.skip("writes to Redis directly")
+    proof = tmp_path / "pwned"
+    storage = get_huey().storage
+    storage.enqueue(pickle.dumps(_WritesFile(proof)))
+    task_id = sample_tasks.add(1, 2).id
+
+    wait_for_state(audit, task_id, "succeeded")
+    time.sleep(0.2)
+    assert not proof.exists()
+    assert "not signed by tshjobs" in consumer.log()

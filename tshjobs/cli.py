@@ -1,0 +1,273 @@
+"""The `tshjobs` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from tshjobs.errors import ConfigError, TshjobsError
+from tshjobs.logconfig import configure_logging
+from tshjobs.settings import get_settings
+
+
+def _settings():
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="tshjobs")
+def main():
+    """tshjobs: background jobs for the TSH ERP.
+
+    Settings come from TSHJOBS_* environment variables and the env file
+    /etc/tshjobs/tshjobs.env (see `tshjobs doctor`).
+    """
+
+
+@main.command()
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Number of workers (default: TSHJOBS_WORKERS).",
+)
+@click.option(
+    "--worker-type",
+    "-k",
+    type=click.Choice(["thread", "process"]),
+    default=None,
+    help="Worker type (default: TSHJOBS_WORKER_TYPE).",
+)
+@click.option(
+    "--no-periodic",
+    is_flag=True,
+    help="Do not enqueue periodic tasks from this consumer.",
+)
+def consumer(workers, worker_type, no_periodic):  # fmt: skip
+    """Run a Huey consumer that executes the appliance's tasks."""
+    settings = _settings()
+    configure_logging(settings.log_level)
+
+    from tshjobs.queue import get_huey, import_task_modules
+
+    huey = get_huey(settings)
+    import_task_modules(settings)
+    consumer = huey.create_consumer(
+        workers=workers or settings.workers,
+        worker_type=worker_type or settings.worker_type,
+        periodic=not no_periodic,
+        initial_delay=0.05,
+        backoff=1.5,
+        max_delay=1.0,
+        check_worker_health=True,
+        health_check_interval=5,
+    )
+    consumer.run()
+
+
+@main.command()
+@click.option(
+    "--bind", default=None, help="host:port (default: TSHJOBS_DASHBOARD_BIND)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=2,
+    help="Number of gunicorn worker processes.",
+)
+def dashboard(bind, workers):  # fmt: skip
+    """Serve the dashboard with gunicorn."""
+    settings = _settings()
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    args = [
+        gunicorn,
+        "--bind", bind or settings.dashboard_bind,
+        "--workers", str(workers),
+        "--access-logfile", "-",
+        "dashboard.wsgi:app",
+    ]  # fmt: skip
+    os.execv(gunicorn, args)
+
+
+@main.command()
+def doctor():
+    """Check every setting and connection and say what is wrong."""
+    from tshjobs.doctor import run_checks
+
+    checks, ok = run_checks()
+    for check in checks:
+        mark = "ok  " if check.ok else "FAIL"
+        click.echo(f"{mark} {check.name}: {check.detail}")
+    if ok:
+        click.echo("All checks passed.")
+    sys.exit(0 if ok else 1)
+
+
+@main.group()
+def erp():
+    """Create and fill the ERP database."""
+
+
+@erp.command("init")
+def erp_init():
+    """Create the reference ERP tables (no data); safe to run twice."""
+    from tshjobs.erp.db import init_schema
+
+    init_schema(_settings().erp_database_url)
+    click.echo("ERP schema ready.")
+
+
+@erp.command("seed")
+@click.option("--customers", type=click.IntRange(1, 1_000_000), default=2000)
+@click.option("--orders", type=click.IntRange(0, 10_000_000), default=20000)
+@click.option(
+    "--days",
+    type=click.IntRange(1, 3650),
+    default=365,
+    help="Spread the orders over this many days up to today.",
+)
+@click.option("--seed", "random_seed", type=int, default=1, help="Random seed.")
+def erp_seed(customers, orders, days, random_seed):  # fmt: skip
+    """Fill the ERP database with realistic sample data."""
+    from tshjobs.erp.db import init_schema
+    from tshjobs.erp.seed import seed
+
+    url = _settings().erp_database_url
+    init_schema(url)
+    summary = seed(url, customers=customers, orders=orders, days=days,
+                   seed=random_seed)  # fmt: skip
+    click.echo(f"ERP seeded: {summary}")
+
+
+@main.group()
+def user():
+    """Manage dashboard users."""
+
+
+@user.command("add")
+@click.argument("username")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from standard input instead of a prompt.",
+)
+def user_add(username, password_stdin):  # fmt: skip
+    """Add a dashboard user."""
+    from tshjobs.users import add_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True,
+                                confirmation_prompt=True)  # fmt: skip
+    try:
+        add_user(_settings(), username, password)
+    except (TshjobsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"User {username} added.")
+
+
+@main.command("enqueue")
+@click.argument("task_name")
+@click.argument("args", nargs=-1)
+def enqueue(task_name, args):
+    """Enqueue TASK_NAME with ARGS (each parsed as JSON, else a string)."""
+    from tshjobs.queue import enqueue_by_name, get_huey, import_task_modules
+
+    get_huey(_settings())
+    import_task_modules(_settings())
+    name = task_name if "." in task_name else f"tasks.emails.{task_name}"
+    values = []
+    for arg in args:
+        try:
+            values.append(json.loads(arg))
+        except json.JSONDecodeError:
+            values.append(arg)
+    try:
+        task_id = enqueue_by_name(name, values)
+    except TshjobsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(task_id)
+
+
+@main.command("retry")
+@click.argument("task_id")
+def retry(task_id):
+    """Enqueue a failed task again with its arguments."""
+    import getpass
+
+    from tshjobs.queue import import_task_modules, retry_task
+
+    import_task_modules(_settings())
+    try:
+        new_id = retry_task(task_id, f"cli:{getpass.getuser()}", _settings())
+    except TshjobsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(new_id)
+
+
+@main.command("tasks")
+@click.option("--state", default=None, help="Only tasks in this state.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20)
+def list_tasks(state, limit):
+    """List recent tasks from the audit log, newest first."""
+    from tshjobs.queue import audit_log
+
+    for row in audit_log(_settings()).search(state=state, limit=limit):
+        error = f"  {row['error']}" if row["error"] else ""
+        click.echo(
+            f"{row['id']}  {row['state']:<9}  {row['name']}  {row['args']}{error}"
+        )
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    default="demo-data",
+    show_default=True,
+    help="Where the demo keeps its databases and received emails.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8080,
+    show_default=True,
+    help="Dashboard port on 127.0.0.1.",
+)
+@click.option(
+    "--customers", type=click.IntRange(10, 100_000), default=2000, show_default=True
+)
+@click.option(
+    "--orders", type=click.IntRange(0, 1_000_000), default=20000, show_default=True
+)
+@click.option(
+    "--events",
+    type=click.IntRange(0, 100_000),
+    default=300,
+    show_default=True,
+    help="ERP events (orders, invoices, payments) the simulated day plays.",
+)
+@click.option(
+    "--speed",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Simulated ERP events per second.",
+)
+def demo(data_dir, port, customers, orders, events, speed):  # fmt: skip
+    """Start the appliance on embedded defaults and play a day of ERP activity."""
+    from tshjobs.demo import run_demo
+
+    run_demo(data_dir, port=port, customers=customers, orders=orders,
+             events=events, speed=speed)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

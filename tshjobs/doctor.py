@@ -1,0 +1,111 @@
+"""`tshjobs doctor`: check every setting and every connection, in plain words."""
+
+from __future__ import annotations
+
+import logging
+import os
+import smtplib
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tshjobs.errors import ConfigError
+from tshjobs.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _check(name: str, probe: Callable[[], str]) -> Check:
+    try:
+        return Check(name, True, probe())
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a report line
+        return Check(name, False, f"{type(exc).__name__}: {exc}")
+
+
+def check_data_dir(settings: Settings) -> str:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(settings.data_dir, os.W_OK):
+        raise PermissionError(f"{settings.data_dir} is not writable by this user")
+    return f"{settings.data_dir} is writable"
+
+
+def check_queue(settings: Settings) -> str:
+    from tshjobs.queue import get_huey
+
+    huey = get_huey(settings)
+    count = huey.pending_count()
+    where = "Redis" if settings.redis_url else f"SQLite {settings.queue_path}"
+    if settings.redis_url:
+        huey.storage.conn.ping()
+    return f"{where} reachable, {count} tasks queued"
+
+
+def check_audit(settings: Settings) -> str:
+    from tshjobs.audit import AuditLog
+
+    audit = AuditLog(settings.audit_path)
+    audit.db.conn.execute("BEGIN IMMEDIATE")
+    audit.db.conn.execute("ROLLBACK")
+    return f"{settings.audit_path} is writable"
+
+
+def check_erp(settings: Settings) -> str:
+    from tshjobs.erp.queries import ErpRepository
+
+    repository = ErpRepository(
+        settings.erp_database_url, queries_file=settings.erp_queries_file or None
+    )
+    try:
+        repository.check()
+    finally:
+        repository.close()
+    return "ERP database reachable and its tables present"
+
+
+def check_smtp(settings: Settings) -> str:
+    host, port = settings.smtp_host, settings.smtp_port
+    context = ssl.create_default_context()
+    if not settings.smtp_verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+    if settings.smtp_security == "ssl":
+        client = smtplib.SMTP_SSL(host, port, timeout=settings.smtp_timeout,
+                                  context=context)  # fmt: skip
+    else:
+        client = smtplib.SMTP(host, port, timeout=settings.smtp_timeout)
+    with client:
+        client.ehlo()
+        if settings.smtp_security == "starttls":
+            client.starttls(context=context)
+            client.ehlo()
+        if settings.smtp_username:
+            client.login(settings.smtp_username, settings.smtp_password)
+        client.noop()
+    login = " and login accepted" if settings.smtp_username else ""
+    return f"{host}:{port} ({settings.smtp_security}) answered{login}"
+
+
+def run_checks(environ: dict[str, str] | None = None) -> tuple[list[Check], bool]:
+    """Run every check and return the results and whether all passed."""
+    try:
+        settings = load_settings(environ)
+    except ConfigError as exc:
+        return [Check("settings", False, str(exc))], False
+
+    checks = [
+        Check("settings", True, "all TSHJOBS_* values are valid"),
+        _check("data directory", lambda: check_data_dir(settings)),
+        _check("queue", lambda: check_queue(settings)),
+        _check("audit log", lambda: check_audit(settings)),
+        _check("ERP database", lambda: check_erp(settings)),
+        _check("SMTP server", lambda: check_smtp(settings)),
+    ]
+    return checks, all(check.ok for check in checks)

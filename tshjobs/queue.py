@@ -1,0 +1,275 @@
+"""The appliance's Huey instance, its retry policy and queue-level helpers.
+
+Task modules declare tasks with `tshjobs.queue.task`; the ERP calls those
+functions to enqueue. Storage is Redis when TSHJOBS_REDIS_URL is set and
+Huey's SQLite storage in the data directory otherwise. The instance is built
+lazily from the settings on first use, so importing a task module reads no
+configuration.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import importlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+
+from huey import Huey, RedisHuey, SqliteHuey
+from huey import signals as S
+from huey.api import Task
+from huey.exceptions import HueyException
+
+from tshjobs import errors
+from tshjobs.audit import RETRYABLE_STATES, AuditLog, connect_signals, full_name
+from tshjobs.serializer import SignedSerializer
+from tshjobs.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnqueuedTask:
+    """What calling a task function returns: the id to look it up by."""
+
+    id: str
+    name: str
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class ApplianceHuey(Huey):
+    """A Huey whose storage, serializer and audit log come from Settings.
+
+    They are built on first use, or again by `configure()`: the task
+    decorators need the instance at import time, before settings are read.
+    """
+
+    def __init__(self):
+        self._settings: Settings | None = None
+        self._storage = None
+        self._audit: AuditLog | None = None
+        super().__init__(name="tshjobs", results=False, utc=True)
+        connect_signals(self, _AuditProxy(self))
+        self.signal()(_log_signal)
+
+    def create_storage(self):
+        return None
+
+    def enqueue(self, task):
+        """Enqueue `task` and return an `EnqueuedTask` naming its id.
+
+        Results are not kept in the queue's storage (the audit log keeps each
+        task's outcome), so there is no Huey Result to return.
+        """
+        super().enqueue(task)
+        return EnqueuedTask(task.id, full_name(self, task))
+
+    def configure(self, settings: Settings) -> None:
+        self._settings = settings
+        self.name = settings.queue_name
+        self._serializer = SignedSerializer(settings.secret_key)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.redis_url:
+            storage_class = RedisHuey.storage_class
+            kwargs = {"url": settings.redis_url}
+        else:
+            storage_class = SqliteHuey.storage_class
+            kwargs = {"filename": str(settings.queue_path)}
+        self._storage = storage_class(self.name, **kwargs)
+        self._audit = AuditLog(settings.audit_path)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self.configure(get_settings())
+        return self._settings
+
+    @property
+    def storage(self):
+        if self._storage is None:
+            self.configure(get_settings())
+        return self._storage
+
+    @storage.setter
+    def storage(self, value):
+        self._storage = value
+
+    @property
+    def serializer(self):
+        if self._settings is None:
+            self.configure(get_settings())
+        return self._serializer
+
+    @serializer.setter
+    def serializer(self, value):
+        self._serializer = value
+
+    @property
+    def audit(self) -> AuditLog:
+        if self._audit is None:
+            self.configure(get_settings())
+        return self._audit
+
+
+class _AuditProxy:
+    """Forwards to the current audit log, which exists only once configured."""
+
+    def __init__(self, owner: ApplianceHuey):
+        self._owner = owner
+
+    def __getattr__(self, name):
+        return getattr(self._owner.audit, name)
+
+
+def _log_signal(signal, task, *args):
+    extra = {"task_id": task.id, "task_name": task.name}
+    if signal == S.SIGNAL_RETRYING:
+        logger.info(
+            "Task %s %s will be retried in %.0f s (%d retries left)",
+            task.name, task.id, task.retry_delay or 0, task.retries, extra=extra,
+        )  # fmt: skip
+    elif signal == S.SIGNAL_ERROR and not task.retries:
+        logger.warning(
+            "Task %s %s failed for good: %s", task.name, task.id, args[0],
+            extra=extra,
+        )  # fmt: skip
+    elif signal == S.SIGNAL_COMPLETE:
+        logger.info("Task %s %s succeeded", task.name, task.id, extra=extra)
+
+
+huey = ApplianceHuey()
+
+
+def get_huey(settings: Settings | None = None) -> ApplianceHuey:
+    """Return the shared instance, reconfigured when `settings` is given."""
+    if settings is not None and settings is not huey._settings:
+        huey.configure(settings)
+    return huey
+
+
+def audit_log(settings: Settings | None = None) -> AuditLog:
+    return get_huey(settings).audit
+
+
+def retry_delay(delays: tuple[float, ...], retry_number: int, jitter: float) -> float:
+    """Seconds to wait before retry `retry_number` (0 for the first): the
+    configured delay for that retry, the last one repeating, spread by
+    +/- `jitter` so that tasks failing together do not retry together."""
+    if not delays:
+        return 0.0
+    base = delays[min(retry_number, len(delays) - 1)]
+    return max(0.0, base * (1 + random.uniform(-jitter, jitter)))
+
+
+_current_task: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
+    "current_task", default=None
+)
+
+
+def current_task_id() -> str:
+    """Return the id of the task running in this thread, or "" outside one."""
+    running = _current_task.get()
+    return running.id if running is not None else ""
+
+
+def task(retries: int = 3, **huey_options):
+    """Declare a task with the appliance's retry policy.
+
+    A `TemporaryError` (or a connection-level OSError) is retried up to
+    `retries` times, waiting as TSHJOBS_RETRY_DELAYS says. Any other exception
+    is permanent: the task fails at once and waits in the audit log.
+    """
+
+    def decorator(fn):
+        @functools.wraps(fn)
+        def run(*args, task: Task, **kwargs):
+            token = _current_task.set(task)
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if errors.is_temporary(exc) and task.retries:
+                    settings = huey.settings
+                    number = retries - task.retries
+                    task.retry_delay = retry_delay(
+                        settings.retry_delays, number, settings.retry_jitter
+                    )
+                else:
+                    task.retries = 0
+                raise
+            finally:
+                _current_task.reset(token)
+
+        return huey.task(retries=retries, context=True, **huey_options)(run)
+
+    return decorator
+
+
+def import_task_modules(settings: Settings | None = None) -> None:
+    """Import every module named in TSHJOBS_TASK_MODULES, registering its tasks."""
+    settings = settings or get_settings()
+    for module in settings.task_modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise errors.ConfigError(
+                f"TSHJOBS_TASK_MODULES: cannot import {module!r}: {exc}"
+            ) from exc
+
+
+def task_class(name: str) -> type[Task]:
+    try:
+        return huey._registry.string_to_task(name)
+    except HueyException:
+        raise errors.UnknownTask(
+            f"task {name!r} is not registered: is its module imported by the "
+            "consumer and the dashboard?"
+        ) from None
+
+
+def enqueue_by_name(name: str, args=(), kwargs=None, retry_of: str | None = None):
+    """Enqueue a registered task by its name and return the new task id."""
+    new_task = task_class(name)(args=tuple(args), kwargs=dict(kwargs or {}))
+    if retry_of:
+        huey.audit.record_enqueued(
+            new_task.id, name, new_task.args, new_task.kwargs, huey.name,
+            retry_of=retry_of,
+        )  # fmt: skip
+    huey.enqueue(new_task)
+    return new_task.id
+
+
+def retry_task(task_id: str, username: str, settings: Settings | None = None) -> str:
+    """Enqueue a failed, expired or revoked task again with its arguments,
+    record who asked, and return the new task's id."""
+    audit = audit_log(settings)
+    row = audit.get(task_id)
+    if row is None:
+        raise errors.UnknownTask(f"task {task_id} is not in the audit log")
+    if row["state"] not in RETRYABLE_STATES:
+        raise errors.NotRetryable(
+            f"task {task_id} is {row['state']}; only "
+            + ", ".join(RETRYABLE_STATES)
+            + " tasks can be retried"
+        )
+
+    new_id = enqueue_by_name(
+        row["name"], json.loads(row["args"]), json.loads(row["kwargs"]), task_id
+    )
+    audit.log_action(username, "retry", task_id, f"new task {new_id}")
+    logger.info(
+        "Task %s retried by %s as %s", task_id, username, new_id,
+        extra={"task_id": new_id},
+    )  # fmt: skip
+    return new_id
+
+
+def queue_length(settings: Settings | None = None) -> int:
+    return get_huey(settings).pending_count()
+
+
+def scheduled_count(settings: Settings | None = None) -> int:
+    return get_huey(settings).scheduled_count()
