@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import redis
@@ -93,11 +94,17 @@ def create_pg_database() -> str:
     name = "tshjobs_test_" + uuid.uuid4().hex[:12]
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = PG_ADMIN_URL.rpartition("/")
-    return f"{base}/{name}"
+    return with_database(PG_ADMIN_URL, name)
+
+
+def with_database(url: str, name: str) -> str:
+    """Return `url` naming database `name`; keeps a ?host=/socket query."""
+    parts = urlsplit(url)
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{parts.netloc}/{name}{query}"
 
 
 def drop_pg_database(url: str) -> None:
-    name = url.rpartition("/")[2]
+    name = urlsplit(url).path.lstrip("/")
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -153,3 +153,10 @@ def test_unsigned_message_is_not_unpickled(queue_env, consumer, audit, tmp_path)
     time.sleep(0.2)
     assert not proof.exists()
     assert "not signed by tshjobs" in consumer.log()
+
+
+def test_enqueue_rejects_non_json_arguments(queue_env):
+    with pytest.raises(TypeError, match="must be JSON values"):
+        sample_tasks.add(object(), 1)
+
+    assert get_huey().pending_count() == 0

@@ -65,6 +65,7 @@ class ApplianceHuey(Huey):
         Results are not kept in the queue's storage (the audit log keeps each
         task's outcome), so there is no Huey Result to return.
         """
+        _check_json_arguments(task)
         super().enqueue(task)
         return EnqueuedTask(task.id, full_name(self, task))
 
@@ -113,6 +114,18 @@ class ApplianceHuey(Huey):
         if self._audit is None:
             self.configure(get_settings())
         return self._audit
+
+
+def _check_json_arguments(task) -> None:
+    """Raise TypeError unless the task's arguments are JSON values, which the
+    audit log needs to enqueue a failed task again."""
+    try:
+        json.dumps([task.args, task.kwargs], allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"arguments of task {task.name} must be JSON values (numbers, "
+            f"strings, lists, objects): {exc}"
+        ) from None
 
 
 class _AuditProxy:
