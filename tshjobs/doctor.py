@@ -57,16 +57,14 @@ def check_audit(settings: Settings) -> str:
 
 
 def check_erp(settings: Settings) -> str:
-    from tshjobs.erp.queries import ErpRepository
+    from tshjobs.erp.db import connect
+    from tshjobs.erp.queries import load_queries
 
-    repository = ErpRepository(
-        settings.erp_database_url, queries_file=settings.erp_queries_file or None
-    )
-    try:
-        repository.check()
-    finally:
-        repository.close()
-    return "ERP database reachable and its tables present"
+    queries = load_queries(settings.erp_queries_file or None)
+    with connect(settings.erp_database_url, queries) as database:
+        for table in ("customers", "orders", "invoices", "payments"):
+            database.fetch_all_sql(f"SELECT 1 FROM {table} LIMIT 1")
+    return "ERP database reachable; customers, orders, invoices, payments present"
 
 
 def check_smtp(settings: Settings) -> str:
