@@ -97,6 +97,11 @@ class Settings:
     dashboard_bind: str = _setting(
         "127.0.0.1:8080", "host:port the dashboard listens on."
     )
+    dashboard_secure_cookies: bool = _setting(
+        False,
+        "Send the dashboard's session cookie over HTTPS only (true behind an "
+        "HTTPS reverse proxy).",
+    )
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
 
     @property

@@ -1,0 +1,945 @@
+"""The dashboard through Flask's test client, on a real SQLite audit log and,
+for retries and health, a real Redis queue."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import sqlite3
+import time
+import uuid
+
+import pytest
+
+from dashboard import create_app
+from tests.services import free_port
+from tshjobs import queue, users
+from tshjobs.settings import get_settings
+
+PASSWORD = "staff password 1"
+XSS = "<script>alert(1)</script>"
+ESCAPED_XSS = "&lt;script&gt;alert(1)&lt;/script&gt;"
+BROKEN_TASK = "tests.sample_tasks.broken"
+ADD_TASK = "tests.sample_tasks.add"
+
+
+@pytest.fixture
+def env(settings_env, monkeypatch):
+    monkeypatch.setenv("TSHJOBS_TASK_MODULES", "tests.sample_tasks")
+    return settings_env
+
+
+@pytest.fixture
+def settings(env):
+    return get_settings()
+
+
+@pytest.fixture
+def redis_settings(env, redis_url, monkeypatch):
+    from tshjobs import settings as settings_module
+
+    monkeypatch.setenv("TSHJOBS_REDIS_URL", redis_url)
+    settings_module.reset_settings()
+    return get_settings()
+
+
+@pytest.fixture
+def app(settings):
+    users.add_user(settings, "alice", PASSWORD)
+    return create_app(settings, {"TESTING": True})
+
+
+@pytest.fixture
+def audit(settings):
+    return queue.audit_log(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def logged_in(client):
+    response = login(client, "alice", PASSWORD)
+    assert response.status_code == 302
+    return client
+
+
+def csrf_from(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def login(client, username, password, **extra):
+    page = client.get("/login")
+    token = csrf_from(page.get_data(as_text=True))
+    form = {"username": username, "password": password, "csrf_token": token}
+    form.update(extra)
+    return client.post("/login", data=form)
+
+
+def page_token(client, path="/tasks") -> str:
+    return csrf_from(client.get(path).get_data(as_text=True))
+
+
+def add_task(audit, name=ADD_TASK, args=(1, 2), kwargs=None, state="succeeded",
+             error="", traceback="", retry_of=None) -> str:  # fmt: skip
+    task_id = str(uuid.uuid4())
+    audit.record_enqueued(task_id, name, list(args), kwargs or {}, "tshjobs", retry_of)
+    if state == "queued":
+        return task_id
+
+    audit.record_started(task_id, "worker-host", 4242, "Worker-1")
+    if state == "succeeded":
+        audit.record_succeeded(task_id, result="done")
+    elif state == "failed":
+        audit.record_failed(task_id, error or "PermanentError: no", traceback)
+    elif state != "running":
+        audit.record_state(task_id, state)
+    return task_id
+
+
+def row_count(html: str) -> int:
+    return len(re.findall(r'<tr class="row-', html))
+
+
+def shown_ids(html: str) -> list[str]:
+    return re.findall(r'<span class="task-id">([^<]+)</span>', html)
+
+
+# Login and sessions
+
+
+def test_every_page_requires_login(app, client):
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in ("static", "auth.login", "health.health"):
+            continue
+
+        path = rule.rule.replace("<task_id>", "some-task")
+        if "GET" in rule.methods:
+            response = client.get(path)
+        else:
+            response = client.post(path)
+        assert response.status_code == 302, path
+        assert response.headers["Location"].startswith("/login"), path
+        checked += 1
+
+    assert checked >= 5
+
+
+def test_public_paths_need_no_login(client):
+    assert client.get("/login").status_code == 200
+    assert client.get("/health").status_code in (200, 503)
+    assert client.get("/static/dashboard.css").status_code == 200
+    assert client.get("/static/vendor/htmx/htmx.min.js").status_code == 200
+
+
+def test_login_page_hints_user_add(settings):
+    app = create_app(settings, {"TESTING": True})
+
+    page = app.test_client().get("/login").get_data(as_text=True)
+    assert "tshjobs user add NAME" in page
+
+    users.add_user(settings, "alice", PASSWORD)
+    page = app.test_client().get("/login").get_data(as_text=True)
+    assert "tshjobs user add NAME" not in page
+
+
+def test_login_and_logout(client):
+    response = login(client, "alice", PASSWORD)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/tasks"
+    assert client.get("/tasks").status_code == 200
+
+    assert client.get("/logout").status_code == 405
+    response = client.post("/logout", data={"csrf_token": page_token(client)})
+    assert response.status_code == 302
+    assert client.get("/tasks").status_code == 302
+
+
+def test_wrong_password_rejected(client):
+    response = login(client, "alice", "not the password")
+
+    assert response.status_code == 401
+    assert "Invalid username or password." in response.get_data(as_text=True)
+    assert client.get("/tasks").status_code == 302
+
+
+def test_unknown_user_same_message(client):
+    response = login(client, "mallory", PASSWORD)
+
+    assert response.status_code == 401
+    assert "Invalid username or password." in response.get_data(as_text=True)
+
+
+def test_login_rate_limited(app):
+    client = app.test_client()
+    for _ in range(10):
+        assert login(client, "alice", "wrong password").status_code == 401
+
+    response = login(client, "alice", PASSWORD)
+    assert response.status_code == 429
+    assert "Too many failed logins" in response.get_data(as_text=True)
+    assert client.get("/tasks").status_code == 302
+
+    other_address = app.test_client()
+    other_address.environ_base["REMOTE_ADDR"] = "127.0.0.2"
+    assert login(other_address, "alice", PASSWORD).status_code == 302
+
+
+def test_rate_limit_per_username(app, settings):
+    users.add_user(settings, "bob", PASSWORD)
+    client = app.test_client()
+    for _ in range(10):
+        login(client, "alice", "wrong password")
+
+    assert login(client, "ALICE", PASSWORD).status_code == 429
+    assert login(client, "bob", PASSWORD).status_code == 302
+
+
+def test_success_resets_failures(app):
+    client = app.test_client()
+    for _ in range(9):
+        login(client, "alice", "wrong password")
+    assert login(client, "alice", PASSWORD).status_code == 302
+
+    fresh = app.test_client()
+    for _ in range(9):
+        login(fresh, "alice", "wrong password")
+    assert login(fresh, "alice", PASSWORD).status_code == 302
+
+
+def test_login_redirects_to_next(client):
+    response = login(client, "alice", PASSWORD, next="/actions")
+    assert response.headers["Location"] == "/actions"
+
+
+@pytest.mark.parametrize(
+    "target", ["//evil.example/", "https://evil.example/", "/\\evil.example", ""]
+)
+def test_login_ignores_foreign_next(client, target):
+    response = login(client, "alice", PASSWORD, next=target)
+    assert response.headers["Location"] == "/tasks"
+
+
+def test_password_change_ends_session(logged_in, settings):
+    assert logged_in.get("/tasks").status_code == 200
+
+    users.set_password(settings, "alice", "another password")
+
+    assert logged_in.get("/tasks").status_code == 302
+
+
+def test_deleted_user_logged_out(logged_in, settings):
+    users.delete_user(settings, "alice")
+
+    assert logged_in.get("/tasks").status_code == 302
+
+
+def test_session_key_derived_from_secret(app, settings):
+    expected = hmac.new(
+        settings.secret_key.encode(), b"dashboard-session", hashlib.sha256
+    ).hexdigest()
+
+    assert app.secret_key == expected
+    assert app.secret_key != settings.secret_key
+
+
+def test_session_cookie_flags(client):
+    client.get("/login")
+    cookie = client.get_cookie("tshjobs_session")
+
+    assert cookie is not None
+    assert cookie.http_only
+    assert cookie.same_site == "Lax"
+    assert not cookie.secure
+
+
+def test_secure_cookie_configurable(settings):
+    app = create_app(settings, {"TESTING": True, "SESSION_COOKIE_SECURE": True})
+    response = app.test_client().get("/login")
+
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_htmx_request_without_login(client):
+    response = client.get("/tasks", headers={"HX-Request": "true"})
+
+    assert response.status_code == 401
+    assert response.headers["HX-Redirect"] == "/login"
+
+
+# CSRF, origin and headers
+
+
+def test_login_without_csrf_token(client):
+    response = client.post("/login", data={"username": "alice", "password": PASSWORD})
+
+    assert response.status_code == 400
+
+
+def test_post_without_csrf_token(logged_in, audit):
+    task_id = add_task(audit, state="failed")
+
+    response = logged_in.post(f"/tasks/{task_id}/retry")
+
+    assert response.status_code == 400
+    assert audit.get(task_id)["retried_by"] is None
+
+
+def test_post_with_wrong_csrf_token(logged_in, audit):
+    task_id = add_task(audit, state="failed")
+
+    response = logged_in.post(f"/tasks/{task_id}/retry", data={"csrf_token": "x" * 43})
+
+    assert response.status_code == 400
+    assert audit.get(task_id)["retried_by"] is None
+
+
+def test_csrf_token_in_header(logged_in):
+    token = page_token(logged_in)
+
+    response = logged_in.post("/logout", headers={"X-CSRF-Token": token})
+
+    assert response.status_code == 302
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://localhost.evil.example"},
+        {"Referer": "http://evil.example/page"},
+    ],
+)
+def test_cross_origin_post_rejected(logged_in, headers):
+    token = page_token(logged_in)
+
+    response = logged_in.post("/logout", data={"csrf_token": token}, headers=headers)
+
+    assert response.status_code == 403
+    assert logged_in.get("/tasks").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://localhost"},
+        {"Origin": "https://localhost"},
+        {"Referer": "http://localhost/tasks"},
+    ],
+)
+def test_same_origin_post_accepted(logged_in, headers):
+    token = page_token(logged_in)
+
+    response = logged_in.post("/logout", data={"csrf_token": token}, headers=headers)
+
+    assert response.status_code == 302
+
+
+def test_security_headers(logged_in):
+    response = logged_in.get("/tasks")
+    csp = response.headers["Content-Security-Policy"]
+
+    assert "default-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert "unsafe-eval" not in csp
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_pages_have_no_inline_script(app, logged_in, audit):
+    task_id = add_task(audit, state="failed")
+    pages = {"/login": app.test_client().get("/login").get_data(as_text=True)}
+    for path in ("/tasks", f"/tasks/{task_id}", "/actions", "/tasks/missing"):
+        pages[path] = logged_in.get(path).get_data(as_text=True)
+
+    for path, html in pages.items():
+        assert not re.search(r"<script(?![^>]*\bsrc=)", html), path
+        assert " style=" not in html, path
+        assert not re.search(r"<[^>]+\son\w+=", html), path
+        assert "includeIndicatorStyles" in html, path
+
+
+# Task list
+
+
+def test_list_shows_tasks_and_counts(logged_in, audit):
+    add_task(audit, state="succeeded")
+    add_task(audit, state="succeeded")
+    add_task(audit, BROKEN_TASK, ["bad"], state="failed")
+
+    html = logged_in.get("/tasks").get_data(as_text=True)
+
+    assert row_count(html) == 3
+    assert re.search(r'count-number">2</span> succeeded', html)
+    assert re.search(r'count-number">1</span> failed', html)
+    assert re.search(r"<strong>0</strong> waiting", html)
+    assert BROKEN_TASK in html
+
+
+def test_root_is_task_list(logged_in, audit):
+    add_task(audit)
+
+    html = logged_in.get("/").get_data(as_text=True)
+
+    assert row_count(html) == 1
+
+
+def test_filter_by_state(logged_in, audit):
+    add_task(audit, state="succeeded")
+    failed = add_task(audit, state="failed")
+
+    html = logged_in.get("/tasks?state=failed").get_data(as_text=True)
+
+    assert row_count(html) == 1
+    assert failed in html
+
+
+def test_unknown_state_filter_ignored(logged_in, audit):
+    add_task(audit, state="succeeded")
+    add_task(audit, state="failed")
+
+    html = logged_in.get("/tasks?state=bogus").get_data(as_text=True)
+
+    assert row_count(html) == 2
+
+
+def test_filter_by_name(logged_in, audit):
+    add_task(audit, ADD_TASK)
+    broken = add_task(audit, BROKEN_TASK, ["x"], state="failed")
+
+    html = logged_in.get(f"/tasks?name={BROKEN_TASK}").get_data(as_text=True)
+
+    assert row_count(html) == 1
+    assert broken in html
+
+
+def test_search_by_id_args_and_error(logged_in, audit):
+    by_id = add_task(audit)
+    add_task(audit, args=["order-99817"])
+    add_task(audit, state="failed", error="SmtpPermanentError: mailbox unavailable")
+
+    html = logged_in.get(f"/tasks?q={by_id}").get_data(as_text=True)
+    assert row_count(html) == 1
+    assert by_id in html
+
+    html = logged_in.get("/tasks?q=order-99817").get_data(as_text=True)
+    assert row_count(html) == 1
+
+    html = logged_in.get("/tasks?q=mailbox unavailable").get_data(as_text=True)
+    assert row_count(html) == 1
+
+    html = logged_in.get("/tasks?q=nothing-like-this").get_data(as_text=True)
+    assert row_count(html) == 0
+    assert "No task matches these filters." in html
+
+
+def test_list_has_no_tracebacks(logged_in, audit):
+    add_task(audit, state="failed", traceback="Traceback: UNIQUE-TRACE-MARKER")
+
+    html = logged_in.get("/tasks").get_data(as_text=True)
+
+    assert "UNIQUE-TRACE-MARKER" not in html
+
+
+def next_link(html: str, rel: str) -> str | None:
+    match = re.search(rf'href="([^"]+)" rel="{rel}"', html)
+    return match.group(1).replace("&amp;", "&") if match else None
+
+
+def test_pagination_older_and_newer(logged_in, audit):
+    ids = [add_task(audit, args=[number]) for number in range(7)]
+    newest_first = list(reversed(ids))
+
+    first = logged_in.get("/tasks?limit=3").get_data(as_text=True)
+    assert shown_ids(first) == newest_first[:3]
+    assert next_link(first, "prev") is None
+
+    second = logged_in.get(next_link(first, "next")).get_data(as_text=True)
+    assert shown_ids(second) == newest_first[3:6]
+
+    third = logged_in.get(next_link(second, "next")).get_data(as_text=True)
+    assert shown_ids(third) == newest_first[6:]
+    assert next_link(third, "next") is None
+
+    back = logged_in.get(next_link(third, "prev")).get_data(as_text=True)
+    assert shown_ids(back) == newest_first[3:6]
+
+    start = logged_in.get(next_link(back, "prev")).get_data(as_text=True)
+    assert shown_ids(start) == newest_first[:3]
+    assert next_link(start, "prev") is None
+
+
+def test_pagination_stable_when_tasks_arrive(logged_in, audit):
+    ids = [add_task(audit, args=[number]) for number in range(4)]
+    first = logged_in.get("/tasks?limit=2").get_data(as_text=True)
+
+    add_task(audit, args=["newer"])
+    second = logged_in.get(next_link(first, "next")).get_data(as_text=True)
+
+    assert shown_ids(second) == [ids[1], ids[0]]
+
+
+def test_pagination_keeps_filters(logged_in, audit):
+    for _ in range(3):
+        add_task(audit, state="failed")
+    add_task(audit, state="succeeded")
+
+    first = logged_in.get("/tasks?state=failed&limit=2").get_data(as_text=True)
+    second = logged_in.get(next_link(first, "next")).get_data(as_text=True)
+
+    assert row_count(second) == 1
+    assert 'class="row-failed"' in second
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [("100000", 200), ("-5", 1), ("0", 1), ("abc", 50), ("", 50), ("7", 7)],
+)
+def test_page_size_clamped(logged_in, audit, limit, expected):
+    for number in range(205):
+        audit.record_enqueued(f"task-{number:04d}", ADD_TASK, [number], {}, "q")
+
+    html = logged_in.get(f"/tasks?limit={limit}").get_data(as_text=True)
+
+    assert row_count(html) == expected
+
+
+def test_bad_cursor_gives_first_page(logged_in, audit):
+    add_task(audit)
+
+    for cursor in ("garbage", "nan~x", "1.5", "inf~abc"):
+        html = logged_in.get(f"/tasks?before={cursor}").get_data(as_text=True)
+        assert row_count(html) == 1, cursor
+
+
+def test_htmx_gets_fragment(logged_in, audit):
+    add_task(audit)
+
+    fragment = logged_in.get("/tasks", headers={"HX-Request": "true"})
+    full = logged_in.get("/tasks")
+
+    assert "<html" not in fragment.get_data(as_text=True)
+    assert 'id="task-list"' in fragment.get_data(as_text=True)
+    assert row_count(fragment.get_data(as_text=True)) == 1
+    assert full.get_data(as_text=True).startswith("<!doctype html>")
+    assert 'id="task-list"' in full.get_data(as_text=True)
+    assert "HX-Request" in fragment.headers["Vary"]
+
+
+def test_list_polls_while_visible(logged_in):
+    html = logged_in.get("/tasks").get_data(as_text=True)
+
+    assert 'hx-trigger="every 5s, refresh"' in html
+    assert "data-poll" in html
+    assert "/static/dashboard.js" in html
+
+
+# Escaping
+
+
+def test_xss_escaped_in_list(logged_in, audit):
+    add_task(audit, BROKEN_TASK, [XSS], {"note": XSS}, state="failed", error=XSS)
+
+    html = logged_in.get("/tasks").get_data(as_text=True)
+
+    assert XSS not in html
+    assert ESCAPED_XSS in html
+
+
+def test_xss_escaped_in_fragment(logged_in, audit):
+    add_task(audit, BROKEN_TASK, [XSS], state="failed", error=XSS)
+
+    html = logged_in.get("/tasks", headers={"HX-Request": "true"}).get_data(
+        as_text=True
+    )
+
+    assert XSS not in html
+    assert ESCAPED_XSS in html
+
+
+def test_xss_escaped_in_detail(logged_in, audit):
+    task_id = add_task(
+        audit, BROKEN_TASK, [XSS], {"note": XSS}, state="failed", error=XSS,
+        traceback=f"Traceback\n  {XSS}",
+    )  # fmt: skip
+
+    html = logged_in.get(f"/tasks/{task_id}").get_data(as_text=True)
+
+    assert XSS not in html
+    assert html.count(ESCAPED_XSS) >= 4
+
+
+def test_xss_task_name_escaped(logged_in, audit):
+    task_id = add_task(audit, f"tasks.{XSS}.name", state="failed")
+
+    list_html = logged_in.get("/tasks").get_data(as_text=True)
+    detail_html = logged_in.get(f"/tasks/{task_id}").get_data(as_text=True)
+
+    assert XSS not in list_html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in list_html
+    assert XSS not in detail_html
+    assert ESCAPED_XSS in detail_html
+
+
+def test_xss_in_search_box_escaped(logged_in):
+    html = logged_in.get(f"/tasks?q={XSS}&name={XSS}").get_data(as_text=True)
+
+    assert XSS not in html
+
+
+# Task detail
+
+
+def test_detail_shows_fields(logged_in, audit):
+    task_id = add_task(
+        audit, BROKEN_TASK, ["order-7"], {"force": True}, state="failed",
+        error="PermanentError: customer has no email",
+        traceback="Traceback (most recent call last):\n  File x",
+    )  # fmt: skip
+
+    html = logged_in.get(f"/tasks/{task_id}").get_data(as_text=True)
+
+    assert BROKEN_TASK in html
+    assert task_id in html
+    assert "order-7" in html
+    assert "&#34;force&#34;: true" in html
+    assert "PermanentError: customer has no email" in html
+    assert '<pre class="code traceback">Traceback (most recent call last):' in html
+    assert "worker-host" in html
+    assert "4242" in html
+    for label in ("Queued", "Started", "Finished", "Wait time", "Run time"):
+        assert f"<dt>{label}</dt>" in html
+    assert "<td>enqueued</td>" in html
+    assert "<td>started</td>" in html
+    assert "<td>failed</td>" in html
+    assert "Retry this task" in html
+
+
+def test_detail_links_retries(logged_in, audit):
+    original = add_task(audit, state="failed")
+    retry = add_task(audit, retry_of=original)
+
+    original_html = logged_in.get(f"/tasks/{original}").get_data(as_text=True)
+    retry_html = logged_in.get(f"/tasks/{retry}").get_data(as_text=True)
+
+    assert f'href="/tasks/{retry}"' in original_html
+    assert f'href="/tasks/{original}"' in retry_html
+
+
+def test_list_links_retried_task(logged_in, audit):
+    original = add_task(audit, state="failed")
+    retry = add_task(audit, retry_of=original)
+
+    html = logged_in.get("/tasks").get_data(as_text=True)
+
+    assert f'class="retried" href="/tasks/{retry}"' in html
+    assert f'action="/tasks/{original}/retry"' not in html
+
+
+def test_no_retry_button_for_succeeded(logged_in, audit):
+    task_id = add_task(audit, state="succeeded")
+
+    html = logged_in.get(f"/tasks/{task_id}").get_data(as_text=True)
+
+    assert "Retry this task" not in html
+
+
+@pytest.mark.parametrize("state", ["failed", "expired", "revoked"])
+def test_retry_button_for_retryable_states(logged_in, audit, state):
+    task_id = add_task(audit, state=state)
+
+    html = logged_in.get(f"/tasks/{task_id}").get_data(as_text=True)
+
+    assert "Retry this task" in html
+
+
+def test_unknown_task_404(logged_in):
+    response = logged_in.get("/tasks/no-such-task")
+
+    assert response.status_code == 404
+    assert "not in the audit log" in response.get_data(as_text=True)
+
+
+# Retry
+
+
+@pytest.fixture
+def redis_app(redis_settings):
+    users.add_user(redis_settings, "alice", PASSWORD)
+    return create_app(redis_settings, {"TESTING": True})
+
+
+@pytest.fixture
+def redis_client(redis_app):
+    client = redis_app.test_client()
+    assert login(client, "alice", PASSWORD).status_code == 302
+    return client
+
+
+def test_retry_enqueues_new_task(redis_client, redis_settings):
+    audit = queue.audit_log(redis_settings)
+    task_id = add_task(audit, BROKEN_TASK, ["no such order"], state="failed")
+    token = page_token(redis_client, f"/tasks/{task_id}")
+
+    response = redis_client.post(f"/tasks/{task_id}/retry", data={"csrf_token": token})
+
+    assert response.status_code == 302
+    new_id = audit.get(task_id)["retried_by"]
+    assert new_id
+    assert response.headers["Location"] == f"/tasks/{new_id}"
+
+    page = redis_client.get(response.headers["Location"]).get_data(as_text=True)
+    assert f"queued again as task {new_id}" in page
+    assert f'href="/tasks/{task_id}"' in page
+
+    new_row = audit.get(new_id)
+    assert new_row["name"] == BROKEN_TASK
+    assert json.loads(new_row["args"]) == ["no such order"]
+    assert new_row["retry_of"] == task_id
+    assert queue.queue_length(redis_settings) == 1
+
+    actions = audit.actions()
+    assert len(actions) == 1
+    assert actions[0]["username"] == "alice"
+    assert actions[0]["action"] == "retry"
+    assert actions[0]["task_id"] == task_id
+    assert "alice" in redis_client.get("/actions").get_data(as_text=True)
+
+
+def test_retry_from_list(redis_client, redis_settings):
+    audit = queue.audit_log(redis_settings)
+    task_id = add_task(audit, BROKEN_TASK, ["x"], state="expired")
+    html = redis_client.get("/tasks").get_data(as_text=True)
+
+    assert f'action="/tasks/{task_id}/retry"' in html
+    response = redis_client.post(
+        f"/tasks/{task_id}/retry", data={"csrf_token": csrf_from(html)}
+    )
+
+    assert response.status_code == 302
+    assert audit.get(task_id)["retried_by"]
+
+
+def test_retry_not_retryable_flashes(redis_client, redis_settings):
+    audit = queue.audit_log(redis_settings)
+    task_id = add_task(audit, BROKEN_TASK, ["x"], state="succeeded")
+    token = page_token(redis_client)
+
+    response = redis_client.post(
+        f"/tasks/{task_id}/retry", data={"csrf_token": token}, follow_redirects=True
+    )
+
+    assert response.status_code == 200
+    assert "Retry failed: task" in response.get_data(as_text=True)
+    assert "only failed, revoked, expired tasks can be retried" in (
+        response.get_data(as_text=True)
+    )
+    assert queue.queue_length(redis_settings) == 0
+    assert audit.actions() == []
+
+
+def test_retry_unknown_task_name_flashes(redis_client, redis_settings):
+    audit = queue.audit_log(redis_settings)
+    task_id = add_task(audit, "tasks.gone.removed_task", ["x"], state="failed")
+    token = page_token(redis_client)
+
+    response = redis_client.post(
+        f"/tasks/{task_id}/retry", data={"csrf_token": token}, follow_redirects=True
+    )
+
+    assert response.status_code == 200
+    assert "is not registered" in response.get_data(as_text=True)
+    assert queue.queue_length(redis_settings) == 0
+
+
+def test_retry_unknown_task_id(redis_client):
+    token = page_token(redis_client)
+
+    response = redis_client.post("/tasks/no-such-id/retry", data={"csrf_token": token})
+
+    assert response.status_code == 302
+    page = redis_client.get(response.headers["Location"])
+    assert page.status_code == 404
+    assert "not in the audit log" in page.get_data(as_text=True)
+
+
+def test_queue_length_shown(redis_client, redis_settings):
+    queue.enqueue_by_name(ADD_TASK, [1, 2])
+    queue.enqueue_by_name(ADD_TASK, [3, 4])
+
+    html = redis_client.get("/tasks").get_data(as_text=True)
+
+    assert "<strong>2</strong> waiting" in html
+
+
+# Health
+
+
+def make_erp_database(env) -> str:
+    path = env["TSHJOBS_ERP_DATABASE_URL"].removeprefix("sqlite:///")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE IF NOT EXISTS probe (x)")
+    conn.close()
+    return path
+
+
+def assert_no_secrets(body: str, settings, *extra: str) -> None:
+    for text in (settings.secret_key, str(settings.data_dir), *extra):
+        assert text not in body
+    if settings.redis_url:
+        assert settings.redis_url not in body
+        assert settings.redis_url.rsplit(":", 1)[-1].split("/")[0] not in body
+
+
+def test_health_ok(redis_settings, env):
+    erp_path = make_erp_database(env)
+    audit = queue.audit_log(redis_settings)
+    add_task(audit, BROKEN_TASK, [XSS], state="failed", error="secret-ish error")
+    queue.enqueue_by_name(ADD_TASK, [1, 2])
+    app = create_app(redis_settings, {"TESTING": True})
+
+    response = app.test_client().get("/health")
+    body = response.get_data(as_text=True)
+    report = response.get_json()
+
+    assert response.status_code == 200
+    assert report["status"] == "ok"
+    assert report["checks"]["queue"] == {
+        "ok": True, "storage": "redis", "length": 1, "scheduled": 0,
+    }  # fmt: skip
+    assert report["checks"]["audit"] == {"ok": True}
+    assert report["checks"]["erp"] == {"ok": True, "kind": "sqlite"}
+    assert_no_secrets(
+        body, redis_settings, erp_path, BROKEN_TASK, ADD_TASK, "alert", "secret-ish"
+    )
+
+
+def test_health_sqlite_queue(settings, env):
+    make_erp_database(env)
+    queue.audit_log(settings)
+    app = create_app(settings, {"TESTING": True})
+
+    response = app.test_client().get("/health")
+
+    assert response.status_code == 200
+    assert response.get_json()["checks"]["queue"]["storage"] == "sqlite"
+
+
+def test_health_degraded_without_erp(settings):
+    queue.audit_log(settings)
+    app = create_app(settings, {"TESTING": True})
+
+    response = app.test_client().get("/health")
+    report = response.get_json()
+
+    assert response.status_code == 503
+    assert report["status"] == "degraded"
+    assert report["checks"]["erp"] == {"ok": False, "error": "FileNotFoundError"}
+    assert report["checks"]["queue"]["ok"]
+
+
+def test_health_erp_postgres_unreachable(env, monkeypatch):
+    from tshjobs import settings as settings_module
+
+    port = free_port()
+    url = f"postgresql://tshjobs:pg-password-9@127.0.0.1:{port}/erp"
+    monkeypatch.setenv("TSHJOBS_ERP_DATABASE_URL", url)
+    settings_module.reset_settings()
+    settings = get_settings()
+    queue.audit_log(settings)
+    app = create_app(settings, {"TESTING": True})
+
+    response = app.test_client().get("/health")
+    body = response.get_data(as_text=True)
+
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["erp"]["ok"] is False
+    assert "pg-password-9" not in body
+    assert str(port) not in body
+
+
+def test_health_down_when_redis_unreachable(env, monkeypatch):
+    from tshjobs import settings as settings_module
+
+    make_erp_database(env)
+    port = free_port()
+    monkeypatch.setenv("TSHJOBS_REDIS_URL", f"redis://:redis-pw-7@127.0.0.1:{port}/0")
+    settings_module.reset_settings()
+    settings = get_settings()
+    queue.audit_log(settings)
+    app = create_app(settings, {"TESTING": True})
+
+    started = time.monotonic()
+    response = app.test_client().get("/health")
+    body = response.get_data(as_text=True)
+
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "down"
+    assert response.get_json()["checks"]["queue"] == {
+        "ok": False,
+        "error": "ConnectionError",
+    }
+    assert "redis-pw-7" not in body
+    assert str(port) not in body
+    assert time.monotonic() - started < 10
+
+
+def test_health_audit_missing(settings, env):
+    make_erp_database(env)
+    app = create_app(settings, {"TESTING": True})
+    queue.audit_log(settings)
+    settings.audit_path.unlink()
+    settings.audit_path.mkdir()
+
+    response = app.test_client().get("/health")
+
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "degraded"
+    assert response.get_json()["checks"]["audit"]["ok"] is False
+
+
+def test_health_audit_locked(settings, env):
+    make_erp_database(env)
+    app = create_app(settings, {"TESTING": True})
+    queue.audit_log(settings)
+    holder = sqlite3.connect(settings.audit_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        response = app.test_client().get("/health")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["audit"] == {
+        "ok": False,
+        "error": "OperationalError",
+    }
+
+
+def test_task_list_survives_queue_outage(env, monkeypatch):
+    from tshjobs import settings as settings_module
+
+    monkeypatch.setenv("TSHJOBS_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    settings_module.reset_settings()
+    settings = get_settings()
+    users.add_user(settings, "alice", PASSWORD)
+    add_task(queue.audit_log(settings))
+    client = create_app(settings, {"TESTING": True}).test_client()
+    login(client, "alice", PASSWORD)
+
+    response = client.get("/tasks")
+
+    assert response.status_code == 200
+    assert "Queue storage unreachable" in response.get_data(as_text=True)
+    assert row_count(response.get_data(as_text=True)) == 1
