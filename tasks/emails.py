@@ -15,7 +15,7 @@ from email.message import EmailMessage
 
 from tshjobs.erp.queries import ErpRepository
 from tshjobs.mail import compose
-from tshjobs.mail.smtp import get_sender
+from tshjobs.mail.smtp import close_senders, get_sender
 from tshjobs.outbox import SentLog
 from tshjobs.queue import current_task_id, huey, task
 from tshjobs.settings import Settings
@@ -23,6 +23,10 @@ from tshjobs.settings import Settings
 logger = logging.getLogger(__name__)
 
 EMAIL_RETRIES = 3
+
+# Say QUIT to the SMTP server when the consumer stops, instead of dropping
+# the connections that workers keep open between tasks.
+huey.on_shutdown(name="close_smtp_senders")(close_senders)
 
 _repositories: dict[tuple[str, str], ErpRepository] = {}
 _sent_logs: dict[str, SentLog] = {}

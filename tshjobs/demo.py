@@ -198,8 +198,9 @@ def run_demo(data_dir, *, port=8080, customers=2000, orders=20000, events=300,
     mail_dir = data_dir / "mail"
     capture = CaptureServer(mail_dir, host="127.0.0.1", port=0)
     capture.start()
-    capture.fail_share(451, "4.3.0 Demo server busy, try again later",
-                       TEMPORARY_FAILURE_SHARE)  # fmt: skip
+    capture.reject_share(
+        TEMPORARY_FAILURE_SHARE, 451, "4.3.0 Demo server busy, try again later"
+    )
 
     env = demo_environment(data_dir, capture.port, port)
     os.environ.update(env)
@@ -229,7 +230,7 @@ def run_demo(data_dir, *, port=8080, customers=2000, orders=20000, events=300,
             what = simulator.play(today)
             if number % 25 == 0 or number == events:
                 print(f"ERP events played: {number}/{events} (last: {what}); "
-                      f"emails received: {capture.count}", flush=True)  # fmt: skip
+                      f"emails received: {capture.message_count}", flush=True)  # fmt: skip
             stop.wait(1.0 / speed)
         print("The simulated day is over; the appliance keeps running.", flush=True)
         while not stop.wait(1.0):
