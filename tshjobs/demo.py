@@ -152,7 +152,7 @@ class ErpSimulator:
         if roll < 0.9 and (invoice_id := self._open_invoice()):
             invoice = self.erp.get_invoice(invoice_id)
             payment_id = self.erp.record_payment(
-                invoice_id, invoice.balance, today, "bank transfer"
+                invoice_id, invoice.balance, today, "bank_transfer"
             )
             emails.send_payment_receipt(payment_id)
             return f"payment {payment_id}"
@@ -227,7 +227,11 @@ def run_demo(data_dir, *, port=8080, customers=2000, orders=20000, events=300,
         for number in range(1, events + 1):
             if stop.is_set():
                 break
-            what = simulator.play(today)
+            try:
+                what = simulator.play(today)
+            except Exception:
+                logger.exception("Simulated ERP event %d failed", number)
+                what = "a failed event (see the log above)"
             if number % 25 == 0 or number == events:
                 print(f"ERP events played: {number}/{events} (last: {what}); "
                       f"emails received: {capture.message_count}", flush=True)  # fmt: skip

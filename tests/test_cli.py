@@ -1,0 +1,116 @@
+"""The `tshjobs` command line, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.consumers import REPO
+from tests.services import free_port
+from tshjobs.erp.db import init_schema
+from tshjobs.mail.capture import CaptureServer
+
+
+def tshjobs(env, *args, stdin=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tshjobs.cli", *args],
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture
+def smtp(tmp_path):
+    server = CaptureServer(tmp_path / "mail", host="127.0.0.1", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(base_env, smtp):
+    init_schema(base_env["TSHJOBS_ERP_DATABASE_URL"])
+    return {**base_env, "TSHJOBS_SMTP_PORT": str(smtp.port)}
+
+
+def test_doctor_all_ok(env):
+    result = tshjobs(env, "doctor")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All checks passed." in result.stdout
+    for check in ("settings", "queue", "audit log", "ERP database", "SMTP server"):
+        assert f"ok   {check}:" in result.stdout
+
+
+def test_doctor_names_failures(env):
+    broken = {
+        **env,
+        "TSHJOBS_SMTP_PORT": str(free_port()),
+        "TSHJOBS_ERP_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+    }
+
+    result = tshjobs(broken, "doctor")
+
+    assert result.returncode == 1
+    assert "FAIL SMTP server:" in result.stdout
+    assert "FAIL ERP database:" in result.stdout
+    assert "ok   queue:" in result.stdout
+
+
+def test_doctor_bad_settings_no_secret(env):
+    bad = {**env, "TSHJOBS_WORKERS": "lots", "TSHJOBS_SMTP_PASSWORD": "hunter2-secret"}
+
+    result = tshjobs(bad, "doctor")
+
+    assert result.returncode == 1
+    assert "TSHJOBS_WORKERS='lots' is invalid" in result.stdout
+    assert "hunter2-secret" not in result.stdout + result.stderr
+    assert env["TSHJOBS_SECRET_KEY"] not in result.stdout + result.stderr
+
+
+def test_invalid_settings_stop_consumer(env):
+    result = tshjobs({**env, "TSHJOBS_WORKER_TYPE": "fiber"}, "consumer")
+
+    assert result.returncode != 0
+    assert "TSHJOBS_WORKER_TYPE='fiber' is invalid" in result.stderr
+    assert "allowed: thread, process" in result.stderr
+
+
+def test_user_add_and_reject_short_password(env):
+    added = tshjobs(env, "user", "add", "admin", "--password-stdin",
+                    stdin="correct horse battery\n")  # fmt: skip
+    short = tshjobs(env, "user", "add", "bob", "--password-stdin", stdin="short\n")
+    again = tshjobs(env, "user", "add", "admin", "--password-stdin",
+                    stdin="another long password\n")  # fmt: skip
+
+    assert added.returncode == 0, added.stderr
+    assert "User admin added." in added.stdout
+    assert short.returncode == 1
+    assert "12" in short.stderr
+    assert again.returncode == 1
+    assert "admin" in again.stderr
+
+
+def test_enqueue_tasks_and_retry(env):
+    queued = tshjobs(env, "enqueue", "send_welcome_email", "7")
+    unknown = tshjobs(env, "enqueue", "send_nothing", "7")
+
+    assert queued.returncode == 0, queued.stderr
+    task_id = queued.stdout.strip()
+    listing = tshjobs(env, "tasks")
+    assert task_id in listing.stdout
+    assert "queued" in listing.stdout
+    assert "tasks.emails.send_welcome_email" in listing.stdout
+    assert unknown.returncode == 1
+    assert "is not registered" in unknown.stderr
+
+    not_failed = tshjobs(env, "retry", task_id)
+    assert not_failed.returncode == 1
+    assert "only failed, revoked, expired tasks can be retried" in not_failed.stderr
