@@ -39,3 +39,9 @@ def buggy() -> None:
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@task(retries=0)
+def touch(path: str) -> str:
+    Path(path).touch()
+    return path

@@ -4,6 +4,8 @@ read the outcome from the audit log. Run against Redis and against SQLite."""
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import pickle
 import time
 from pathlib import Path
@@ -160,3 +162,41 @@ def test_enqueue_rejects_non_json_arguments(queue_env):
         sample_tasks.add(object(), 1)
 
     assert get_huey().pending_count() == 0
+
+
+def test_locked_audit_log_never_breaks_task(queue_env, tmp_path):
+    audit_path = get_huey().settings.audit_path
+    marker = tmp_path / "ran"
+    consumer = ConsumerProcess(queue_env, tmp_path / "consumer.log").start()
+    try:
+        blocker = sqlite3.connect(audit_path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            sample_tasks.touch(str(marker))
+            deadline = time.monotonic() + 30
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    finally:
+        consumer.stop()
+
+    assert marker.exists()
+    assert "Audit log write failed" in consumer.log()
+
+
+def test_process_workers_run_and_retry(queue_env, audit, tmp_path):
+    consumer = ConsumerProcess(queue_env, tmp_path / "consumer.log", "-k", "process")
+    consumer.start()
+    try:
+        done = sample_tasks.add(20, 22).id
+        flaky = sample_tasks.flaky(str(tmp_path / "count"), 1).id
+
+        assert wait_for_state(audit, done, "succeeded")["result"] == "42"
+        row = wait_for_state(audit, flaky, "succeeded")
+    finally:
+        consumer.stop()
+
+    assert row["attempts"] == 2
+    assert row["pid"] != os.getpid()
