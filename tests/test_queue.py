@@ -200,3 +200,33 @@ def test_process_workers_run_and_retry(queue_env, audit, tmp_path):
 
     assert row["attempts"] == 2
     assert row["pid"] != os.getpid()
+
+
+def test_revoked_task_recorded(queue_env, audit, tmp_path):
+    marker = tmp_path / "ran"
+    queued = sample_tasks.touch(str(marker))
+    get_huey().revoke_by_id(queued.id)
+
+    consumer = ConsumerProcess(queue_env, tmp_path / "consumer.log").start()
+    try:
+        row = wait_for_state(audit, queued.id, "revoked")
+    finally:
+        consumer.stop()
+
+    assert not marker.exists()
+    assert row["finished_at"] is not None
+
+
+def test_expired_task_recorded(queue_env, audit, tmp_path):
+    marker = tmp_path / "ran"
+    queued = sample_tasks.touch.schedule(args=(str(marker),), delay=0.001, expires=0.01)
+    time.sleep(0.1)
+
+    consumer = ConsumerProcess(queue_env, tmp_path / "consumer.log").start()
+    try:
+        row = wait_for_state(audit, queued.id, "expired")
+    finally:
+        consumer.stop()
+
+    assert not marker.exists()
+    assert retry_task(queued.id, "alice")

@@ -115,8 +115,8 @@ class SentLog:
             elif record.state == "sent" and not force:
                 conn.execute("COMMIT")
                 return False
-            elif record.state == "sending" and record.task_id != task_id:
-                self._raise_for_sending(record, now)
+            elif record.state == "sending":
+                self._check_sending(record, task_id, now, force)
             elif (
                 record.state == "claimed"
                 and record.task_id != task_id
@@ -138,8 +138,15 @@ class SentLog:
             conn.execute("ROLLBACK")
             raise
 
-    def _raise_for_sending(self, record: SentRecord, now: float) -> None:
-        if now - record.claimed_at < STALE_CLAIM_SECONDS:
+    def _check_sending(self, record: SentRecord, task_id, now, force) -> None:
+        """Raise unless a message left in `sending` may be sent again: only
+        when forced, and only once no live worker can still be sending it.
+        The same task id finding its own `sending` row means an earlier run
+        of it died mid-send."""
+        stale = now - record.claimed_at >= STALE_CLAIM_SECONDS
+        if force and (stale or record.task_id == task_id):
+            return
+        if not stale and record.task_id != task_id:
             raise SendInProgress(
                 f"{record.kind} email for {record.entity_id} is being sent by "
                 f"task {record.task_id}"
