@@ -114,3 +114,15 @@ def test_enqueue_tasks_and_retry(env):
     not_failed = tshjobs(env, "retry", task_id)
     assert not_failed.returncode == 1
     assert "only failed, revoked, expired tasks can be retried" in not_failed.stderr
+
+
+def test_doctor_does_not_create_missing_erp(env, tmp_path):
+    missing = tmp_path / "no-such-erp.db"
+
+    result = tshjobs(
+        {**env, "TSHJOBS_ERP_DATABASE_URL": f"sqlite:///{missing}"}, "doctor"
+    )
+
+    assert result.returncode == 1
+    assert "FAIL ERP database: FileNotFoundError" in result.stdout
+    assert not missing.exists()

@@ -12,6 +12,7 @@ MemoryDenyWriteExecute= applied through setpriv(1) and prctl(PR_SET_MDWE).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -21,7 +22,6 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -58,8 +58,9 @@ os.execv(sys.argv[1], sys.argv[1:])
 
 def _kernel_has_mdwe() -> bool:
     probe = subprocess.run(
-        [sys.executable, "-c", MDWE_WRAPPER, "/bin/true"], capture_output=True
-    )
+        [sys.executable, "-c", MDWE_WRAPPER, "/bin/true"], check=False,
+        capture_output=True,
+    )  # fmt: skip
     return probe.returncode == 0
 
 
@@ -86,6 +87,7 @@ class Staged:
 def run_install(checkout: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(checkout / "install.sh"), *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=600,
@@ -147,7 +149,8 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
 
 def parse_environment_file(path: Path) -> dict[str, str]:
     """Read NAME=value lines as systemd's EnvironmentFile= does for values
-    without backslashes: comments start with # or ;, outer quotes go."""
+    without backslashes. Lines that start with # or ; are comments, and outer
+    quotes are removed."""
     values = {}
     for line in path.read_text().splitlines():
         line = line.strip()
@@ -165,8 +168,8 @@ def unit_process_args(staged: Staged, unit: str, env_overrides: dict[str, str],
                       subcommand: list[str] | None = None) -> dict:  # fmt: skip
     """Build Popen arguments that run `unit`'s ExecStart as systemd would.
 
-    The environment is the EnvironmentFile values plus `env_overrides`; the
-    working directory is TSHJOBS_DATA_DIR. `subcommand` replaces the
+    The environment is the EnvironmentFile values plus `env_overrides`, and
+    the working directory is TSHJOBS_DATA_DIR. `subcommand` replaces the
     arguments after the program (for example ["doctor"]).
     """
     service = parse_unit(staged.path(f"/etc/systemd/system/{unit}"))["Service"]
@@ -178,8 +181,8 @@ def unit_process_args(staged: Staged, unit: str, env_overrides: dict[str, str],
     env_file = staged.path(service["EnvironmentFile"][0])
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     env.update(parse_environment_file(env_file))
-    # The default env file path of tshjobs, /etc/tshjobs/tshjobs.env, as
-    # staged: the settings read the same file that systemd loaded.
+    # tshjobs also reads the env file itself, by default from
+    # /etc/tshjobs/tshjobs.env, so point it at the staged copy.
     env["TSHJOBS_ENV_FILE"] = str(env_file)
     env.update(env_overrides)
     env.setdefault("HOME", env["TSHJOBS_DATA_DIR"])
@@ -199,7 +202,32 @@ def unit_process_args(staged: Staged, unit: str, env_overrides: dict[str, str],
         "env": env,
         "cwd": env["TSHJOBS_DATA_DIR"],
         "umask": int(service["UMask"][0], 8),
+        # A process group of its own takes the place of the unit's cgroup.
+        "start_new_session": True,
     }
+
+
+def handles_sigterm(pid: int) -> bool:
+    """Tell whether process `pid` has a SIGTERM handler (SigCgt in /proc).
+
+    Python catches SIGINT from the start, but SIGTERM only once Huey or
+    gunicorn installs its handlers, after their workers are started.
+    """
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(
+        re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16
+    )
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def kill_unit_processes(process: subprocess.Popen) -> None:
+    """SIGKILL what is left of the process group, as systemd does to the cgroup
+    when TimeoutStopSec expires."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +262,7 @@ def unit_env(tmp_path, redis_url):
 
 def test_install_sh_syntax():
     result = subprocess.run(["bash", "-n", str(REPO / "install.sh")],
-                            capture_output=True, text=True)  # fmt: skip
+                            check=False, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
 
 
@@ -242,12 +270,13 @@ def test_install_sh_syntax():
                     reason="shellcheck is not installed (apt-get install shellcheck)")  # fmt: skip
 def test_install_sh_shellcheck():
     result = subprocess.run(["shellcheck", str(REPO / "install.sh")],
-                            capture_output=True, text=True)  # fmt: skip
+                            check=False, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stdout
 
 
-def test_help_lists_every_option():
-    result = run_install(REPO, "--help")
+def test_help_lists_every_option(tmp_path):
+    # --root first: if option parsing broke, the script would only stage.
+    result = run_install(REPO, "--root", str(tmp_path), "--help")
     assert_ok(result)
     for option in ("--prefix DIR", "--with-redis", "--no-start", "--root DIR",
                    "--uninstall", "--purge", "--help", "PYTHON"):  # fmt: skip
@@ -264,8 +293,9 @@ def test_help_lists_every_option():
         (["--root", "/nonexistent/tshjobs-root"], "directory not found"),
     ],
 )
-def test_invalid_options_rejected(args, message):
-    result = run_install(REPO, *args)
+def test_invalid_options_rejected(tmp_path, args, message):
+    # --root first: if option parsing broke, the script would only stage.
+    result = run_install(REPO, "--root", str(tmp_path), *args)
     assert result.returncode == 1
     assert message in result.stderr
 
@@ -274,7 +304,7 @@ def test_non_root_user_rejected():
     result = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
          "bash", str(REPO / "install.sh")],
-        capture_output=True, text=True, timeout=60, cwd="/",
+        check=False, capture_output=True, text=True, timeout=60, cwd="/",
     )  # fmt: skip
     assert result.returncode == 1
     assert "must run as root" in result.stderr
@@ -290,7 +320,7 @@ def test_staged_tree_modes(staged):
         "/opt/tshjobs/.installed": 0o644,
         "/etc/tshjobs": 0o750,
         "/etc/tshjobs/tshjobs.env": 0o640,
-        "/var/lib/tshjobs": 0o750,
+        "/var/lib/tshjobs": 0o2770,
         "/etc/redis/tshjobs.conf": 0o640,
     }
     for name in UNIT_NAMES:
@@ -298,7 +328,8 @@ def test_staged_tree_modes(staged):
     for target, mode in expected_modes.items():
         path = staged.path(target)
         assert path.exists(), f"{target} is missing"
-        assert stat.S_IMODE(path.stat().st_mode) == mode, f"{target}: mode {oct(mode)}"
+        actual = stat.S_IMODE(path.stat().st_mode)
+        assert actual == mode, f"{target}: mode {oct(actual)}, expected {oct(mode)}"
 
 
 def test_env_file_has_new_secret(staged):
@@ -310,7 +341,8 @@ def test_env_file_has_new_secret(staged):
 
 
 def test_env_file_is_example_plus_secret(staged):
-    example = (REPO / "packaging/tshjobs.env.example").read_text().splitlines()
+    example_path = staged.checkout / "packaging/tshjobs.env.example"
+    example = example_path.read_text().splitlines()
     installed = staged.env_file.read_text().splitlines()
     assert len(installed) == len(example)
     for example_line, installed_line in zip(example, installed, strict=True):
@@ -349,7 +381,7 @@ def test_env_file_parsed_alike(staged):
 def test_venv_runs_tshjobs(staged):
     result = subprocess.run(
         [str(staged.path("/opt/tshjobs/venv/bin/tshjobs")), "--help"],
-        capture_output=True, text=True, timeout=60,
+        check=False, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "consumer" in result.stdout
@@ -413,7 +445,7 @@ def test_source_change_reinstalls(staged, tmp_path):
     marked = subprocess.run(
         [str(copy.path("/opt/tshjobs/venv/bin/python")), "-c",
          "import tshjobs; print(tshjobs.INSTALL_TEST_MARK)"],
-        capture_output=True, text=True, timeout=60,
+        check=False, capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert marked.stdout.strip() == "1", marked.stderr
 
@@ -444,7 +476,7 @@ def test_units_pass_systemd_analyze_verify(staged, tmp_path):
         (tmp_path / name).write_text(text)
     result = subprocess.run(
         ["systemd-analyze", "verify", *(str(tmp_path / name) for name in UNIT_NAMES)],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -459,7 +491,7 @@ def test_unit_exposure_at_most_2(staged, name):
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", "--threshold=20",
          str(staged.path(f"/etc/systemd/system/{name}"))],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
 
@@ -502,10 +534,13 @@ def test_consumer_unit_stops_gracefully(staged):
 @pytest.mark.skipif(not MDWE_SUPPORTED,
                     reason="the kernel has no prctl(PR_SET_MDWE) (Linux 6.3 or later)")  # fmt: skip
 def test_unit_sandbox_emulation_applies(staged, unit_env):
+    """The wrapper really sandboxes, and the venv's C extensions load in it."""
     process = unit_process_args(staged, "tshjobs-consumer.service", unit_env)
-    # Keep the wrapper, replace the program with a probe of the sandbox.
     probe = """
 import mmap
+import fpdf, gunicorn, huey, PIL.Image, psycopg, redis
+import dashboard, tasks, tshjobs.cli
+print("psycopg implementation", psycopg.pq.__impl__)
 status = open("/proc/self/status").read()
 print([line for line in status.splitlines() if line.startswith(("CapEff", "NoNewPrivs"))])
 try:
@@ -514,13 +549,15 @@ try:
 except OSError:
     print("write+exec mapping denied")
 """
-    wrapper_end = process["args"].index(
-        str(staged.path("/opt/tshjobs/venv/bin/tshjobs"))
-    )
-    args = process["args"][:wrapper_end] + [sys.executable, "-c", probe]
-    result = subprocess.run(args, env=process["env"], cwd=process["cwd"],
+    # Keep the wrapper, replace the program with a probe run by the venv.
+    program = str(staged.path("/opt/tshjobs/venv/bin/tshjobs"))
+    wrapper = process["args"][: process["args"].index(program)]
+    venv_python = str(staged.path("/opt/tshjobs/venv/bin/python"))
+    result = subprocess.run(wrapper + [venv_python, "-c", probe], check=False,
+                            env=process["env"], cwd=process["cwd"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "psycopg implementation binary" in result.stdout
     assert "'CapEff:\\t0000000000000000'" in result.stdout
     assert "'NoNewPrivs:\\t1'" in result.stdout
     assert "write+exec mapping denied" in result.stdout
@@ -530,7 +567,9 @@ def test_doctor_names_failed_checks(staged, unit_env):
     process = unit_process_args(
         staged, "tshjobs-consumer.service", unit_env, ["doctor"]
     )
-    result = subprocess.run(capture_output=True, text=True, timeout=120, **process)
+    result = subprocess.run(
+        check=False, capture_output=True, text=True, timeout=120, **process
+    )
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert "ok   settings: all TSHJOBS_* values are valid" in lines
@@ -556,10 +595,14 @@ def test_doctor_passes_with_services(staged, unit_env):
                      "TSHJOBS_SMTP_USERNAME": ""}  # fmt: skip
         unit = "tshjobs-consumer.service"
         init = unit_process_args(staged, unit, overrides, ["erp", "init"])
-        result = subprocess.run(capture_output=True, text=True, timeout=120, **init)
+        result = subprocess.run(
+            check=False, capture_output=True, text=True, timeout=120, **init
+        )
         assert result.returncode == 0, result.stderr
         doctor = unit_process_args(staged, unit, overrides, ["doctor"])
-        result = subprocess.run(capture_output=True, text=True, timeout=120, **doctor)
+        result = subprocess.run(
+            check=False, capture_output=True, text=True, timeout=120, **doctor
+        )
     finally:
         smtp.stop()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -576,8 +619,10 @@ def test_consumer_stops_on_sigint(staged, unit_env, tmp_path, worker_type):
     with log_path.open("w") as log:
         consumer = subprocess.Popen(stdout=log, stderr=subprocess.STDOUT, **process)
         try:
+            # Huey sets its signal handlers after starting the workers; a
+            # SIGINT before that leaves process workers running.
             deadline = time.monotonic() + 60
-            while "consumer started" not in log_path.read_text():
+            while not handles_sigterm(consumer.pid):
                 assert consumer.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.1)
@@ -588,9 +633,7 @@ def test_consumer_stops_on_sigint(staged, unit_env, tmp_path, worker_type):
             returncode = consumer.wait(timeout=stop_timeout)
             elapsed = time.monotonic() - started
         finally:
-            if consumer.poll() is None:
-                consumer.kill()
-                consumer.wait()
+            kill_unit_processes(consumer)
     output = log_path.read_text()
     assert returncode == 0, output
     assert elapsed < stop_timeout
@@ -599,37 +642,45 @@ def test_consumer_stops_on_sigint(staged, unit_env, tmp_path, worker_type):
 
 
 def test_dashboard_serves_and_stops(staged, unit_env, tmp_path):
-    unit = staged.path("/etc/systemd/system/tshjobs-dashboard.service")
-    service = parse_unit(unit)["Service"]
+    unit = "tshjobs-dashboard.service"
+    service = parse_unit(staged.path(f"/etc/systemd/system/{unit}"))["Service"]
     assert "KillSignal" not in service, "gunicorn stops gracefully on SIGTERM"
     stop_timeout = int(service["TimeoutStopSec"][0])
     port = free_port()
     overrides = {**unit_env, "TSHJOBS_DASHBOARD_BIND": f"127.0.0.1:{port}"}
-    process = unit_process_args(staged, "tshjobs-dashboard.service", overrides)
+    init = unit_process_args(staged, unit, overrides, ["erp", "init"])
+    result = subprocess.run(
+        check=False, capture_output=True, text=True, timeout=120, **init
+    )
+    assert result.returncode == 0, result.stderr
+
+    process = unit_process_args(staged, unit, overrides)
     log_path = tmp_path / "dashboard.log"
     with log_path.open("w") as log:
         dashboard = subprocess.Popen(stdout=log, stderr=subprocess.STDOUT, **process)
         try:
             wait_for_port(port, timeout=60)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health",
-                                            timeout=30) as response:  # fmt: skip
-                    status, body = response.status, response.read()
-            except urllib.error.HTTPError as error:
-                status, body = error.code, error.read()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health",
+                                        timeout=30) as response:  # fmt: skip
+                status, body = response.status, json.load(response)
+            # gunicorn 25.1 and later create a control socket in
+            # $HOME/.gunicorn, and the unit user's home is the data directory.
+            control_socket = Path(
+                overrides["TSHJOBS_DATA_DIR"], ".gunicorn/gunicorn.ctl"
+            )
+            control_socket_existed = control_socket.is_socket()
 
+            # KillMode=mixed: the signal goes to gunicorn's master only.
             dashboard.send_signal(signal.SIGTERM)
             returncode = dashboard.wait(timeout=stop_timeout)
         finally:
-            if dashboard.poll() is None:
-                dashboard.kill()
-                dashboard.wait()
+            kill_unit_processes(dashboard)
     output = log_path.read_text()
-    # 503 is the health page reporting the SMTP server of unit_env as down.
-    assert status in (200, 503), output
-    assert b'"status"' in body
+    assert status == 200, output
+    assert body["status"] == "ok"
     assert returncode == 0, output
     assert "Traceback" not in output
+    assert control_socket_existed
 
 
 # --- Redis persistence ---

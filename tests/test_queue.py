@@ -230,3 +230,11 @@ def test_expired_task_recorded(queue_env, audit, tmp_path):
 
     assert not marker.exists()
     assert retry_task(queued.id, "alice")
+
+
+def test_shared_files_group_writable(queue_env):
+    settings = get_huey().settings
+
+    assert settings.audit_path.stat().st_mode & 0o777 == 0o660
+    if not settings.redis_url:
+        assert settings.queue_path.stat().st_mode & 0o777 == 0o660

@@ -85,6 +85,19 @@ CREATE TABLE IF NOT EXISTS operator_actions (
 """
 
 
+def create_group_writable(path: Path) -> None:
+    """Create an empty SQLite file that the owner's group may write, unless it
+    exists. The ERP's user, a member of that group, writes the queue and the
+    `queued` audit rows; SQLite gives its -wal and -shm files the same mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.chmod(path, 0o660)
+
+
 def _to_json(value) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
@@ -101,7 +114,7 @@ class AuditLog:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._local = threading.local()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_group_writable(self.path)
         self.db.conn.executescript(SCHEMA)
 
     @property
@@ -355,16 +368,26 @@ def connect_signals(huey, audit: AuditLog) -> None:
         else:
             audit._event(task.id, signal)
 
+    failures = {"count": 0}
+
     def handler(signal, task, *args):
         exc = args[0] if args else None
         try:
             write(signal, task, exc)
         except Exception:
-            # The audit log must never break a task.
-            logger.exception(
-                "Audit log write failed for task %s (%s)", task.id, signal,
-                extra={"task_id": task.id},
-            )  # fmt: skip
+            # The audit log must never break a task. The first failure is
+            # logged with its traceback, then one line per 100, so a broken
+            # audit database cannot flood the log.
+            failures["count"] += 1
+            count = failures["count"]
+            extra = {"task_id": task.id}
+            if count == 1:
+                logger.exception("Audit log write failed for task %s (%s)",
+                                 task.id, signal, extra=extra)  # fmt: skip
+            elif count % 100 == 0:
+                logger.error("Audit log write failed for task %s (%s); %d "
+                             "failures so far", task.id, signal, count,
+                             extra=extra)  # fmt: skip
 
     def record_result(task, value, exc):
         if exc is None and value is not None:

@@ -55,21 +55,9 @@ def consumer(workers, worker_type, no_periodic):  # fmt: skip
     settings = _settings()
     configure_logging(settings.log_level)
 
-    from tshjobs.queue import get_huey, import_task_modules
+    from tshjobs.consumer import run_consumer
 
-    huey = get_huey(settings)
-    import_task_modules(settings)
-    consumer = huey.create_consumer(
-        workers=workers or settings.workers,
-        worker_type=worker_type or settings.worker_type,
-        periodic=not no_periodic,
-        initial_delay=0.05,
-        backoff=1.5,
-        max_delay=1.0,
-        check_worker_health=True,
-        health_check_interval=5,
-    )
-    consumer.run()
+    run_consumer(settings, workers, worker_type, periodic=not no_periodic)
 
 
 @main.command()

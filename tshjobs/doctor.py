@@ -59,6 +59,12 @@ def check_audit(settings: Settings) -> str:
 def check_erp(settings: Settings) -> str:
     from tshjobs.erp.db import connect
     from tshjobs.erp.queries import load_queries
+    from tshjobs.erp.urls import dialect_of, sqlite_path
+
+    url = settings.erp_database_url
+    if dialect_of(url) == "sqlite" and not os.path.exists(sqlite_path(url)):
+        # Opening it would create an empty database instead of failing.
+        raise FileNotFoundError(f"SQLite ERP database {sqlite_path(url)} not found")
 
     queries = load_queries(settings.erp_queries_file or None)
     with connect(settings.erp_database_url, queries) as database:

@@ -23,7 +23,13 @@ from huey.api import Task
 from huey.exceptions import HueyException
 
 from tshjobs import errors
-from tshjobs.audit import RETRYABLE_STATES, AuditLog, connect_signals, full_name
+from tshjobs.audit import (
+    RETRYABLE_STATES,
+    AuditLog,
+    connect_signals,
+    create_group_writable,
+    full_name,
+)
 from tshjobs.serializer import SignedSerializer
 from tshjobs.settings import Settings, get_settings
 
@@ -80,6 +86,7 @@ class ApplianceHuey(Huey):
         else:
             storage_class = SqliteHuey.storage_class
             kwargs = {"filename": str(settings.queue_path)}
+            create_group_writable(settings.queue_path)
         self._storage = storage_class(self.name, **kwargs)
         self._audit = AuditLog(settings.audit_path)
 
