@@ -7,7 +7,9 @@ import json
 import os
 import sqlite3
 import pickle
+import signal
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,43 @@ def test_shared_files_group_writable(queue_env):
     assert settings.audit_path.stat().st_mode & 0o777 == 0o660
     if not settings.redis_url:
         assert settings.queue_path.stat().st_mode & 0o777 == 0o660
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Return the pids of live processes whose environment contains marker."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                pids.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_early_sigint_leaves_no_workers(queue_env, tmp_path, attempt):
+    """SIGINT while the consumer starts its workers, before Huey's signal
+    handlers exist, must still stop every worker process."""
+    if "TSHJOBS_REDIS_URL" in queue_env:
+        pytest.skip("storage does not matter here")
+    token = uuid.uuid4().hex
+    marker = f"TSHJOBS_TEST_MARKER={token}"
+    env = {**queue_env, "TSHJOBS_TEST_MARKER": token}
+    consumer = ConsumerProcess(
+        env, tmp_path / "consumer.log", "-k", "process", "-w", "4"
+    )
+    consumer.start()
+    deadline = time.monotonic() + 30
+    while "consumer started" not in consumer.log() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+    consumer.process.send_signal(signal.SIGINT)
+    consumer.process.wait(timeout=60)
+    consumer.process = None
+    consumer.log_file.close()
+
+    deadline = time.monotonic() + 10
+    while processes_with_env(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with_env(marker) == []
