@@ -19,6 +19,7 @@ def tshjobs(env, *args, stdin=None) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "tshjobs.cli", *args],
         env={**os.environ, **env, "PYTHONPATH": str(REPO)},
         input=stdin,
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,

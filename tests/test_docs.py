@@ -43,7 +43,7 @@ def test_every_setting_in_env_example():
 
 def test_readme_quick_start_has_two_commands():
     section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"```sh\n(.*?)```", section, re.DOTALL).group(1)
 
     commands = [line for line in block.splitlines() if line.strip()]
 

@@ -11,8 +11,8 @@ import pypdf
 import pytest
 
 from tests.consumers import ConsumerProcess, wait_for_state
-from tests.smtp_server import read_eml
 from tests.services import free_port
+from tests.smtp_server import read_eml
 from tshjobs.erp.db import connect, init_schema
 from tshjobs.erp.queries import ErpRepository
 from tshjobs.erp.seed import seed_tiny

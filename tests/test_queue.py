@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import pickle
 import signal
+import sqlite3
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests import sample_tasks
 from tests.consumers import ConsumerProcess, wait_for_state
+from tests.services import free_port
 from tshjobs import errors
 from tshjobs.queue import get_huey, retry_task
 from tshjobs.settings import load_settings
@@ -226,7 +228,7 @@ def test_expired_task_recorded(queue_env, audit, tmp_path):
 
     consumer = ConsumerProcess(queue_env, tmp_path / "consumer.log").start()
     try:
-        row = wait_for_state(audit, queued.id, "expired")
+        wait_for_state(audit, queued.id, "expired")
     finally:
         consumer.stop()
 
@@ -280,3 +282,35 @@ def test_early_sigint_leaves_no_workers(queue_env, tmp_path, attempt):
     while processes_with_env(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_with_env(marker) == []
+
+
+def test_enqueue_with_audit_locked_still_queues(queue_env, audit, tmp_path):
+    blocker = sqlite3.connect(get_huey().settings.audit_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        queued = sample_tasks.add(1, 1)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    assert audit.get(queued.id) is None
+    assert get_huey().pending_count() == 1
+    consumer = ConsumerProcess(queue_env, tmp_path / "consumer.log").start()
+    try:
+        row = wait_for_state(audit, queued.id, "succeeded")
+    finally:
+        consumer.stop()
+    assert row["name"] == "tests.sample_tasks.add"
+    assert json.loads(row["args"]) == [1, 1]
+
+
+def test_failed_enqueue_leaves_no_queued_row(queue_env, audit, monkeypatch):
+    if "TSHJOBS_REDIS_URL" not in queue_env:
+        pytest.skip("needs a Redis that can be unreachable")
+    monkeypatch.setenv("TSHJOBS_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    get_huey(load_settings())
+
+    with pytest.raises(redis.exceptions.ConnectionError):
+        sample_tasks.add(1, 1)
+
+    assert audit.search() == []

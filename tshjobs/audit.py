@@ -35,6 +35,11 @@ STATES = (
 FINAL_STATES = ("succeeded", "failed", "revoked", "expired")
 RETRYABLE_STATES = ("failed", "revoked", "expired")
 
+# Seconds the ERP's enqueue call waits for a locked audit database before it
+# gives up on the `queued` row (the consumer writes the row when it starts
+# the task), so a long reader cannot stall the ERP's request.
+ENQUEUE_BUSY_TIMEOUT = 0.1
+
 # Error text kept in a row; longer texts are cut so one bad task cannot bloat
 # the database.
 MAX_ERROR_CHARS = 2_000
@@ -141,34 +146,66 @@ class AuditLog:
     # Writers, one per signal. Each is an upsert, so a row missing because
     # the producer could not write it is created by the consumer.
 
-    def record_enqueued(self, task_id, name, args, kwargs, queue, retry_of=None):
-        now = time.time()
-        self._execute(
-            """
-            INSERT INTO tasks (id, name, args, kwargs, queue, state, enqueued_at,
-                               updated_at, retry_of)
-            VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)
-            ON CONFLICT (id) DO UPDATE SET
-                state = 'queued', updated_at = excluded.updated_at,
-                retry_of = coalesce(tasks.retry_of, excluded.retry_of)
-            """,
-            (
-                task_id,
-                name,
-                _to_json(list(args or ())),
-                _to_json(dict(kwargs or {})),
-                queue,
-                now,
-                now,
-                retry_of,
-            ),
-        )
-        if retry_of:
-            self._execute(
-                "UPDATE tasks SET retried_by = ?, updated_at = ? WHERE id = ?",
-                (task_id, now, retry_of),
+    def _enqueue_conn(self) -> sqlite3.Connection:
+        """The connection for `queued` rows, which the ERP writes inside its
+        own request: it waits at most ENQUEUE_BUSY_TIMEOUT for a lock and
+        never runs a WAL checkpoint (with its fsync); consumers do that."""
+        conn = getattr(self._local, "enqueue_conn", None)
+        if conn is None or getattr(self._local, "enqueue_pid", None) != os.getpid():
+            conn = sqlite3.connect(
+                self.path, timeout=ENQUEUE_BUSY_TIMEOUT, isolation_level=None
             )
-        self._event(task_id, "enqueued", f"retry of {retry_of}" if retry_of else "")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._local.enqueue_conn = conn
+            self._local.enqueue_pid = os.getpid()
+        return conn
+
+    def record_enqueued(self, task_id, name, args, kwargs, queue, retry_of=None):
+        """Insert the task's row as queued. A row that a consumer wrote first
+        keeps its later state: the producer writes after the task is in the
+        queue, so a fast consumer can start it before this runs."""
+        now = time.time()
+        conn = self._enqueue_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                """
+                INSERT INTO tasks (id, name, args, kwargs, queue, state,
+                                   enqueued_at, updated_at, retry_of)
+                VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)
+                ON CONFLICT (id) DO UPDATE SET
+                    state = CASE WHEN tasks.state IN ('scheduled', 'retrying')
+                                 THEN 'queued' ELSE tasks.state END,
+                    updated_at = excluded.updated_at,
+                    retry_of = coalesce(tasks.retry_of, excluded.retry_of)
+                """,
+                (
+                    task_id,
+                    name,
+                    _to_json(list(args or ())),
+                    _to_json(dict(kwargs or {})),
+                    queue,
+                    now,
+                    now,
+                    retry_of,
+                ),
+            )
+            if retry_of:
+                conn.execute(
+                    "UPDATE tasks SET retried_by = ?, updated_at = ? WHERE id = ?",
+                    (task_id, now, retry_of),
+                )
+            conn.execute(
+                "INSERT INTO task_events (task_id, at, event, detail)"
+                " VALUES (?, ?, 'enqueued', ?)",
+                (task_id, now, f"retry of {retry_of}" if retry_of else ""),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def record_scheduled(self, task_id, eta: float | None) -> None:
         self._execute(
@@ -325,6 +362,26 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+_write_failures = 0
+
+
+def log_write_failure(task_id: str, what: str) -> None:
+    """Log a failed audit write from inside an except block: the first with
+    its traceback, then one line per 100, so that a broken audit database
+    cannot flood the log."""
+    global _write_failures
+    _write_failures += 1
+    extra = {"task_id": task_id}
+    if _write_failures == 1:
+        logger.exception("Audit log write failed for task %s (%s)", task_id, what,
+                         extra=extra)  # fmt: skip
+    elif _write_failures % 100 == 0:
+        logger.error(
+            "Audit log write failed for task %s (%s); %d failures so far",
+            task_id, what, _write_failures, extra=extra,
+        )  # fmt: skip
+
+
 def full_name(huey, task) -> str:
     """Return the registered name of a task: module and function."""
     return huey._registry.task_to_string(type(task))
@@ -337,9 +394,8 @@ def connect_signals(huey, audit: AuditLog) -> None:
 
     def write(signal, task, exc=None):
         if signal == S.SIGNAL_ENQUEUED:
-            audit.record_enqueued(task.id, full_name(huey, task), task.args, task.kwargs,
-                                  huey.name)  # fmt: skip
-        elif signal == S.SIGNAL_SCHEDULED:
+            return  # written by ApplianceHuey.enqueue once the task is queued
+        if signal == S.SIGNAL_SCHEDULED:
             eta = task.eta.timestamp() if task.eta else None
             audit.record_scheduled(task.id, eta)
         elif signal == S.SIGNAL_EXECUTING:
@@ -368,33 +424,20 @@ def connect_signals(huey, audit: AuditLog) -> None:
         else:
             audit._event(task.id, signal)
 
-    failures = {"count": 0}
-
     def handler(signal, task, *args):
         exc = args[0] if args else None
         try:
             write(signal, task, exc)
-        except Exception:
-            # The audit log must never break a task. The first failure is
-            # logged with its traceback, then one line per 100, so a broken
-            # audit database cannot flood the log.
-            failures["count"] += 1
-            count = failures["count"]
-            extra = {"task_id": task.id}
-            if count == 1:
-                logger.exception("Audit log write failed for task %s (%s)",
-                                 task.id, signal, extra=extra)  # fmt: skip
-            elif count % 100 == 0:
-                logger.error("Audit log write failed for task %s (%s); %d "
-                             "failures so far", task.id, signal, count,
-                             extra=extra)  # fmt: skip
+        except Exception:  # noqa: BLE001 - logged by log_write_failure
+            # The audit log must never break a task.
+            log_write_failure(task.id, signal)
 
     def record_result(task, value, exc):
         if exc is None and value is not None:
             try:
                 audit.record_result(task.id, value)
-            except Exception:
-                logger.exception("Audit log write failed for task %s", task.id)
+            except Exception:  # noqa: BLE001 - logged by log_write_failure
+                log_write_failure(task.id, "result")
 
     huey.signal()(handler)
     huey.post_execute(name="audit_result")(record_result)

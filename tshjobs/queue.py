@@ -29,6 +29,7 @@ from tshjobs.audit import (
     connect_signals,
     create_group_writable,
     full_name,
+    log_write_failure,
 )
 from tshjobs.serializer import SignedSerializer
 from tshjobs.settings import Settings, get_settings
@@ -73,7 +74,14 @@ class ApplianceHuey(Huey):
         """
         _check_json_arguments(task)
         super().enqueue(task)
-        return EnqueuedTask(task.id, full_name(self, task))
+
+        name = full_name(self, task)
+        try:
+            self.audit.record_enqueued(task.id, name, task.args, task.kwargs, self.name)
+        except Exception:  # noqa: BLE001 - logged by log_write_failure
+            # The task is queued; the consumer writes its row when it starts.
+            log_write_failure(task.id, "enqueued")
+        return EnqueuedTask(task.id, name)
 
     def configure(self, settings: Settings) -> None:
         self._settings = settings
@@ -253,12 +261,12 @@ def task_class(name: str) -> type[Task]:
 def enqueue_by_name(name: str, args=(), kwargs=None, retry_of: str | None = None):
     """Enqueue a registered task by its name and return the new task id."""
     new_task = task_class(name)(args=tuple(args), kwargs=dict(kwargs or {}))
+    huey.enqueue(new_task)
     if retry_of:
         huey.audit.record_enqueued(
             new_task.id, name, new_task.args, new_task.kwargs, huey.name,
             retry_of=retry_of,
         )  # fmt: skip
-    huey.enqueue(new_task)
     return new_task.id
 
 
