@@ -1,0 +1,1 @@
+"""Benchmarks of the appliance, run from the repository root with `python -m`."""
