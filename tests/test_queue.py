@@ -8,6 +8,7 @@ import os
 import pickle
 import signal
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -163,7 +164,7 @@ def test_unsigned_message_is_not_unpickled(queue_env, consumer, audit, tmp_path)
 
 def test_enqueue_rejects_non_json_arguments(queue_env):
     with pytest.raises(TypeError, match="must be JSON values"):
-        sample_tasks.add(object(), 1)
+        sample_tasks.echo(object())
 
     assert get_huey().pending_count() == 0
 
@@ -314,3 +315,66 @@ def test_failed_enqueue_leaves_no_queued_row(queue_env, audit, monkeypatch):
         sample_tasks.add(1, 1)
 
     assert audit.search() == []
+
+
+def test_unknown_task_fails_and_can_be_retried(queue_env, audit, tmp_path):
+    queued = sample_tasks.add(2, 2)
+    without_module = {**queue_env, "TSHJOBS_TASK_MODULES": "tasks"}
+
+    consumer = ConsumerProcess(without_module, tmp_path / "first.log").start()
+    try:
+        row = wait_for_state(audit, queued.id, "failed")
+    finally:
+        consumer.stop()
+    assert "tests.sample_tasks.add is not registered" in row["error"]
+    assert "TSHJOBS_TASK_MODULES" in row["error"]
+
+    retried = retry_task(queued.id, "alice")
+    consumer = ConsumerProcess(queue_env, tmp_path / "second.log").start()
+    try:
+        assert wait_for_state(audit, retried, "succeeded")["result"] == "4"
+    finally:
+        consumer.stop()
+
+
+def test_retry_twice_creates_one_task(queue_env, audit, tmp_path):
+    first = sample_tasks.broken("no such order").id
+    consumer = ConsumerProcess(queue_env, tmp_path / "consumer.log").start()
+    try:
+        wait_for_state(audit, first, "failed")
+    finally:
+        consumer.stop()
+
+    second = retry_task(first, "alice")
+    with pytest.raises(errors.NotRetryable, match=f"already retried as {second}"):
+        retry_task(first, "bob")
+
+    assert get_huey().pending_count() == 1
+    assert audit.get(first)["retried_by"] == second
+
+
+def test_concurrent_retries_create_one_task(queue_env, audit, tmp_path):
+    first = sample_tasks.broken("no such order").id
+    consumer = ConsumerProcess(queue_env, tmp_path / "consumer.log").start()
+    try:
+        wait_for_state(audit, first, "failed")
+    finally:
+        consumer.stop()
+    start = threading.Barrier(5)
+    outcomes = []
+
+    def retry():
+        start.wait()
+        try:
+            outcomes.append(retry_task(first, "alice"))
+        except errors.NotRetryable:
+            outcomes.append("rejected")
+
+    threads = [threading.Thread(target=retry) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes.count("rejected") == 4
+    assert get_huey().pending_count() == 1

@@ -286,6 +286,22 @@ class AuditLog:
         )
         self._event(task_id, state, detail)
 
+    def claim_retry(self, task_id: str, new_task_id: str) -> bool:
+        """Mark a retryable task as retried by `new_task_id`, unless it was
+        retried already; return whether this call made the mark."""
+        cursor = self.db.conn.execute(
+            "UPDATE tasks SET retried_by = ?, updated_at = ?"
+            " WHERE id = ? AND retried_by IS NULL AND state IN (?, ?, ?)",
+            (new_task_id, time.time(), task_id, *RETRYABLE_STATES),
+        )
+        return cursor.rowcount == 1
+
+    def release_retry(self, task_id: str, new_task_id: str) -> None:
+        self._execute(
+            "UPDATE tasks SET retried_by = NULL WHERE id = ? AND retried_by = ?",
+            (task_id, new_task_id),
+        )
+
     def log_action(self, username, action, task_id, detail="") -> None:
         self._execute(
             "INSERT INTO operator_actions (at, username, action, task_id, detail)"

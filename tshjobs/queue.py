@@ -23,6 +23,7 @@ from huey.api import Task
 from huey.exceptions import HueyException
 
 from tshjobs import errors
+from tshjobs.arguments import argument_check, check_json
 from tshjobs.audit import (
     RETRYABLE_STATES,
     AuditLog,
@@ -72,7 +73,10 @@ class ApplianceHuey(Huey):
         Results are not kept in the queue's storage (the audit log keeps each
         task's outcome), so there is no Huey Result to return.
         """
-        _check_json_arguments(task)
+        check_arguments = getattr(type(task), "check_arguments", None)
+        if check_arguments is not None:
+            check_arguments(task.args, task.kwargs)
+        check_json(task.name, task.args, task.kwargs)
         super().enqueue(task)
 
         name = full_name(self, task)
@@ -82,6 +86,29 @@ class ApplianceHuey(Huey):
             # The task is queued; the consumer writes its row when it starts.
             log_write_failure(task.id, "enqueued")
         return EnqueuedTask(task.id, name)
+
+    def deserialize_task(self, data):
+        """Load a dequeued task. One whose name this process does not know
+        is lost to Huey, so it is marked failed in the audit log, where it
+        can be retried once its module is in TSHJOBS_TASK_MODULES."""
+        try:
+            return super().deserialize_task(data)
+        except HueyException as exc:
+            message = self.serializer.deserialize(data)
+            logger.error("Dropped task %s: %s", message.id, exc,
+                         extra={"task_id": message.id})  # fmt: skip
+            try:
+                self.audit.record_enqueued(message.id, message.name, message.args,
+                                           message.kwargs, self.name)  # fmt: skip
+                self.audit.record_failed(
+                    message.id,
+                    f"UnknownTask: {message.name} is not registered in this "
+                    "consumer; add its module to TSHJOBS_TASK_MODULES",
+                    "",
+                )
+            except Exception:  # noqa: BLE001 - logged by log_write_failure
+                log_write_failure(message.id, "unknown task")
+            raise
 
     def configure(self, settings: Settings) -> None:
         self._settings = settings
@@ -129,18 +156,6 @@ class ApplianceHuey(Huey):
         if self._audit is None:
             self.configure(get_settings())
         return self._audit
-
-
-def _check_json_arguments(task) -> None:
-    """Raise TypeError unless the task's arguments are JSON values, which the
-    audit log needs to enqueue a failed task again."""
-    try:
-        json.dumps([task.args, task.kwargs], allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"arguments of task {task.name} must be JSON values (numbers, "
-            f"strings, lists, objects): {exc}"
-        ) from None
 
 
 class _AuditProxy:
@@ -207,6 +222,9 @@ def current_task_id() -> str:
 def task(retries: int = 3, **huey_options):
     """Declare a task with the appliance's retry policy.
 
+    Calls are checked against `fn`'s signature when they are enqueued (see
+    `tshjobs.arguments`), so bad arguments fail in the caller.
+
     A `TemporaryError` (or a connection-level OSError) is retried up to
     `retries` times, waiting as TSHJOBS_RETRY_DELAYS says. Any other exception
     is permanent: the task fails at once and waits in the audit log.
@@ -231,7 +249,12 @@ def task(retries: int = 3, **huey_options):
             finally:
                 _current_task.reset(token)
 
-        return huey.task(retries=retries, context=True, **huey_options)(run)
+        return huey.task(
+            retries=retries,
+            context=True,
+            check_arguments=staticmethod(argument_check(fn)),
+            **huey_options,
+        )(run)
 
     return decorator
 
@@ -258,25 +281,28 @@ def task_class(name: str) -> type[Task]:
         ) from None
 
 
-def enqueue_by_name(name: str, args=(), kwargs=None, retry_of: str | None = None):
+def enqueue_by_name(name: str, args=(), kwargs=None) -> str:
     """Enqueue a registered task by its name and return the new task id."""
     new_task = task_class(name)(args=tuple(args), kwargs=dict(kwargs or {}))
     huey.enqueue(new_task)
-    if retry_of:
-        huey.audit.record_enqueued(
-            new_task.id, name, new_task.args, new_task.kwargs, huey.name,
-            retry_of=retry_of,
-        )  # fmt: skip
     return new_task.id
 
 
 def retry_task(task_id: str, username: str, settings: Settings | None = None) -> str:
     """Enqueue a failed, expired or revoked task again with its arguments,
-    record who asked, and return the new task's id."""
+    record who asked, and return the new task's id.
+
+    A task is retried at most once: a second request, such as a double click,
+    raises NotRetryable naming the task that retried it. Retry that one.
+    """
     audit = audit_log(settings)
     row = audit.get(task_id)
     if row is None:
         raise errors.UnknownTask(f"task {task_id} is not in the audit log")
+    if row["retried_by"]:
+        raise errors.NotRetryable(
+            f"task {task_id} was already retried as {row['retried_by']}"
+        )
     if row["state"] not in RETRYABLE_STATES:
         raise errors.NotRetryable(
             f"task {task_id} is {row['state']}; only "
@@ -284,15 +310,27 @@ def retry_task(task_id: str, username: str, settings: Settings | None = None) ->
             + " tasks can be retried"
         )
 
-    new_id = enqueue_by_name(
-        row["name"], json.loads(row["args"]), json.loads(row["kwargs"]), task_id
-    )
-    audit.log_action(username, "retry", task_id, f"new task {new_id}")
+    args, kwargs = json.loads(row["args"]), json.loads(row["kwargs"])
+    new_task = task_class(row["name"])(args=tuple(args), kwargs=kwargs)
+    if not audit.claim_retry(task_id, new_task.id):
+        current = audit.get(task_id) or {}
+        raise errors.NotRetryable(
+            f"task {task_id} was already retried as {current.get('retried_by')}"
+        )
+    try:
+        huey.enqueue(new_task)
+    except BaseException:
+        audit.release_retry(task_id, new_task.id)
+        raise
+
+    audit.record_enqueued(new_task.id, row["name"], args, kwargs, huey.name,
+                          retry_of=task_id)  # fmt: skip
+    audit.log_action(username, "retry", task_id, f"new task {new_task.id}")
     logger.info(
-        "Task %s retried by %s as %s", task_id, username, new_id,
-        extra={"task_id": new_id},
+        "Task %s retried by %s as %s", task_id, username, new_task.id,
+        extra={"task_id": new_task.id},
     )  # fmt: skip
-    return new_id
+    return new_task.id
 
 
 def queue_length(settings: Settings | None = None) -> int:
