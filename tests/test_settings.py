@@ -40,10 +40,10 @@ def test_defaults_are_valid():
         ("TSHJOBS_SMTP_VERIFY_TLS", "maybe", "expected true or false"),
         ("TSHJOBS_REDIS_URL", "localhost:6379", "redis://"),
         ("TSHJOBS_ERP_DATABASE_URL", "mysql://x/y", "postgresql://"),
-        ("TSHJOBS_RETRY_DELAYS", "60,-1", "zero or more"),
+        ("TSHJOBS_RETRY_DELAYS", "60,-1", "from 0 to 604800 seconds"),
         ("TSHJOBS_RETRY_JITTER", "2", "from 0 to 1"),
         ("TSHJOBS_MANAGEMENT_EMAILS", "boss@example.com,nobody", "'nobody'"),
-        ("TSHJOBS_MAIL_FROM", "TSH", "an address such as"),
+        ("TSHJOBS_MAIL_FROM", "TSH", "one address such as"),
         ("TSHJOBS_DASHBOARD_BIND", "8080", "host:port"),
         ("TSHJOBS_LOG_LEVEL", "LOUD", "allowed: DEBUG"),
         ("TSHJOBS_TASK_MODULES", "tasks,bad-name", "not a Python module name"),
@@ -116,3 +116,50 @@ def test_env_file_bad_line(tmp_path):
 def test_env_file_missing(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_settings({"TSHJOBS_ENV_FILE": str(tmp_path / "absent.env")})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("TSHJOBS_DASHBOARD_BIND", "127.0.0.1:99999", "port from 1 to 65535"),
+        ("TSHJOBS_MAIL_FROM", "a@b.c>, evil@y.com", "must be one address"),
+        ("TSHJOBS_MAIL_FROM", "x <a@b.c> y", "must be one address"),
+        ("TSHJOBS_ERP_DATABASE_URL", "sqlite://x.db", "sqlite:///"),
+        ("TSHJOBS_RETRY_DELAYS", ",", "at least one delay"),
+        ("TSHJOBS_RETRY_DELAYS", "60,inf", "from 0 to 604800"),
+        ("TSHJOBS_RETRY_DELAYS", "60,soon", "comma-separated numbers"),
+        ("TSHJOBS_COMPANY_NAME", "TSH\r\nBcc: x@example.com", "control characters"),
+    ],
+)
+def test_more_invalid_values(name, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load(**{name: value})
+
+
+def test_display_name_with_comma_accepted():
+    settings = load(TSHJOBS_MAIL_FROM='"Müller, Hans" <hans@example.com>')
+
+    assert settings.mail_from == '"Müller, Hans" <hans@example.com>'
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TSHJOBS_ERP_DATABASE_URL", "mysql://erp:Hunter2Secret@db.internal/erp"),
+        ("TSHJOBS_REDIS_URL", "http://:Hunter2Secret@127.0.0.1/0"),
+    ],
+)
+def test_url_password_hidden_in_error(name, value):
+    with pytest.raises(ConfigError) as caught:
+        load(**{name: value})
+
+    assert "Hunter2Secret" not in str(caught.value)
+    assert ":***@" in str(caught.value)
+
+
+def test_describe_hides_url_password():
+    described = load(
+        TSHJOBS_REDIS_URL="redis://:Hunter2Secret@127.0.0.1:6379/1"
+    ).describe()
+
+    assert described["TSHJOBS_REDIS_URL"] == "redis://:***@127.0.0.1:6379/1"

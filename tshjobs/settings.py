@@ -9,6 +9,7 @@ and what is allowed. Secrets are never echoed back.
 
 from __future__ import annotations
 
+import email.policy
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -127,9 +128,14 @@ class Settings:
             elif isinstance(value, tuple):
                 shown = ",".join(str(part) for part in value)
             else:
-                shown = str(value)
+                shown = redact(str(value))
             described[env_name(item.name)] = shown
         return described
+
+
+def redact(text: str) -> str:
+    """Hide the password of a URL such as postgresql://user:pw@host/db."""
+    return re.sub(r"(://[^/@:\s]*:)[^/@\s]*@", r"\1***@", text)
 
 
 def env_name(field_name: str) -> str:
@@ -164,11 +170,21 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+# The longest retry delay accepted: a week. Huey cannot schedule a delay so
+# long that the retry time overflows a datetime.
+MAX_RETRY_DELAY = 7 * 24 * 3600
+
+
 def _parse_delays(text: str) -> tuple[float, ...]:
     parts = [part.strip() for part in text.split(",") if part.strip()]
-    delays = tuple(float(part) for part in parts)
-    if any(delay < 0 for delay in delays):
-        raise ValueError("delays must be zero or more seconds")
+    if not parts:
+        raise ValueError("expected at least one delay in seconds, such as 60,120,240")
+    try:
+        delays = tuple(float(part) for part in parts)
+    except ValueError:
+        raise ValueError("expected comma-separated numbers of seconds") from None
+    if not all(0 <= delay <= MAX_RETRY_DELAY for delay in delays):
+        raise ValueError(f"each delay must be from 0 to {MAX_RETRY_DELAY} seconds")
     return delays
 
 
@@ -190,6 +206,20 @@ def _parse_modules(text: str) -> tuple[str, ...]:
     return modules
 
 
+def _is_single_address(text: str) -> bool:
+    header = email.policy.default.header_factory("From", text)
+    return (
+        len(header.addresses) == 1
+        and not header.defects
+        and _is_email_address(header.addresses[0].addr_spec)
+    )
+
+
+def _is_host_port(text: str) -> bool:
+    match = re.fullmatch(r"[^\s:]+:(\d{1,5})", text)
+    return match is not None and 1 <= int(match.group(1)) <= 65535
+
+
 def _is_email_address(text: str) -> bool:
     return re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+", text) is not None
 
@@ -198,8 +228,10 @@ def _check_value(name: str, value) -> str | None:
     """Return a description of what is wrong with a parsed value, or None."""
     if name == "secret_key" and len(value) < 32:
         return "must be at least 32 characters (try: openssl rand -hex 32)"
-    if name == "erp_database_url" and not re.match(r"(postgres(ql)?|sqlite)://", value):
-        return "must start with postgresql:// or sqlite:///"
+    if name == "erp_database_url" and not re.match(
+        r"(postgres(ql)?://|sqlite:///).", value
+    ):
+        return "must start with postgresql:// or sqlite:/// and name a database"
     if name == "redis_url" and value and not re.match(r"rediss?://", value):
         return "must start with redis:// or rediss://, or be empty"
     if name == "smtp_security" and value not in SMTP_SECURITY_MODES:
@@ -216,10 +248,12 @@ def _check_value(name: str, value) -> str | None:
         return "must be from 0 to 1"
     if name == "log_level" and value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         return "allowed: DEBUG, INFO, WARNING, ERROR"
-    if name == "mail_from" and not _is_email_address(parseaddr(value)[1]):
-        return "must be an address such as 'TSH <no-reply@example.com>'"
-    if name == "dashboard_bind" and not re.fullmatch(r"[^\s:]+:\d{1,5}", value):
-        return "must be host:port, such as 127.0.0.1:8080"
+    if name == "mail_from" and not _is_single_address(value):
+        return "must be one address such as 'TSH <no-reply@example.com>'"
+    if name == "dashboard_bind" and not _is_host_port(value):
+        return "must be host:port with a port from 1 to 65535, such as 127.0.0.1:8080"
+    if isinstance(value, str) and re.search(r"[\x00-\x1f\x7f]", value):
+        return "must not contain control characters such as line breaks"
     return None
 
 
@@ -272,7 +306,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
                 problems.append(f"{name} is missing: {item.metadata['help']}")
             continue
 
-        shown = "(hidden)" if item.metadata["secret"] else repr(text)
+        shown = "(hidden)" if item.metadata["secret"] else repr(redact(text))
         try:
             value = _parse(item, text)
         except ValueError as exc:
