@@ -127,3 +127,63 @@ def test_doctor_does_not_create_missing_erp(env, tmp_path):
     assert result.returncode == 1
     assert "FAIL ERP database: FileNotFoundError" in result.stdout
     assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["03"], "customer_id must be int, got str '03'"),
+        (["NaN"], "customer_id must be int, got float nan"),
+        (["3", "no"], "force must be bool, got str 'no'"),
+        (["0"], "customer_id must be 1 or more"),
+    ],
+)
+def test_enqueue_rejects_bad_arguments(env, args, message):
+    result = tshjobs(env, "enqueue", "send_welcome_email", *args)
+
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_task_module_is_clean_error(env):
+    bad = {**env, "TSHJOBS_TASK_MODULES": "tasks,no_such_tasks"}
+
+    consumer = tshjobs(bad, "consumer")
+    doctor = tshjobs(bad, "doctor")
+
+    assert consumer.returncode == 1
+    assert "cannot import 'no_such_tasks'" in consumer.stderr
+    assert "Traceback" not in consumer.stderr
+    assert "FAIL task modules:" in doctor.stdout
+
+
+def test_tasks_rejects_unknown_state(env):
+    result = tshjobs(env, "tasks", "--state", "bogus")
+
+    assert result.returncode == 2
+    assert "'bogus' is not one of" in result.stderr
+
+
+def test_user_passwd_list_delete(env):
+    from tshjobs.settings import load_settings
+    from tshjobs.users import verify_password
+
+    tshjobs(env, "user", "add", "carol", "--password-stdin",
+            stdin="first long password\r\n")  # fmt: skip
+    changed = tshjobs(env, "user", "passwd", "carol", "--password-stdin",
+                      stdin="second long password\r\n")  # fmt: skip
+    listed = tshjobs(env, "user", "list")
+
+    settings = load_settings({**env})
+    assert changed.returncode == 0, changed.stderr
+    assert verify_password(settings, "carol", "second long password")
+    assert not verify_password(settings, "carol", "first long password")
+    assert listed.stdout.split() == ["carol"]
+
+    deleted = tshjobs(env, "user", "delete", "carol")
+    missing = tshjobs(env, "user", "delete", "carol")
+    assert deleted.returncode == 0
+    assert tshjobs(env, "user", "list").stdout == ""
+    assert missing.returncode == 1
+    assert "carol" in missing.stderr

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from tshjobs.audit import STATES
 from tshjobs.errors import ConfigError, TshjobsError
 from tshjobs.logconfig import configure_logging
 from tshjobs.settings import get_settings
@@ -18,6 +19,23 @@ def _settings():
         return get_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _load_tasks(settings) -> None:
+    """Configure the queue and import the task modules, or exit cleanly."""
+    from tshjobs.queue import get_huey, import_task_modules
+
+    get_huey(settings)
+    try:
+        import_task_modules(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
 @click.group()
@@ -57,6 +75,7 @@ def consumer(workers, worker_type, no_periodic):  # fmt: skip
 
     from tshjobs.consumer import run_consumer
 
+    _load_tasks(settings)
     run_consumer(settings, workers, worker_type, periodic=not no_periodic)
 
 
@@ -113,8 +132,20 @@ def erp_init():
 
 
 @erp.command("seed")
-@click.option("--customers", type=click.IntRange(1, 1_000_000), default=2000)
-@click.option("--orders", type=click.IntRange(0, 10_000_000), default=20000)
+@click.option(
+    "--customers",
+    type=click.IntRange(1, 1_000_000),
+    default=2000,
+    show_default=True,
+    help="Number of customers to create.",
+)
+@click.option(
+    "--orders",
+    type=click.IntRange(0, 10_000_000),
+    default=20000,
+    show_default=True,
+    help="Number of orders to create.",
+)
 @click.option(
     "--days",
     type=click.IntRange(1, 3650),
@@ -139,22 +170,21 @@ def user():
     """Manage dashboard users."""
 
 
-@user.command("add")
-@click.argument("username")
-@click.option(
+_password_stdin = click.option(
     "--password-stdin",
     is_flag=True,
     help="Read the password from standard input instead of a prompt.",
 )
-def user_add(username, password_stdin):  # fmt: skip
+
+
+@user.command("add")
+@click.argument("username")
+@_password_stdin
+def user_add(username, password_stdin):
     """Add a dashboard user."""
     from tshjobs.users import add_user
 
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = click.prompt("Password", hide_input=True,
-                                confirmation_prompt=True)  # fmt: skip
+    password = _read_password(password_stdin)
     try:
         add_user(_settings(), username, password)
     except (TshjobsError, ValueError) as exc:
@@ -162,15 +192,51 @@ def user_add(username, password_stdin):  # fmt: skip
     click.echo(f"User {username} added.")
 
 
+@user.command("passwd")
+@click.argument("username")
+@_password_stdin
+def user_passwd(username, password_stdin):
+    """Set a user's password and end the user's dashboard sessions."""
+    from tshjobs.users import set_password
+
+    password = _read_password(password_stdin)
+    try:
+        set_password(_settings(), username, password)
+    except (TshjobsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Password of {username} changed.")
+
+
+@user.command("delete")
+@click.argument("username")
+def user_delete(username):
+    """Delete a dashboard user and end the user's sessions."""
+    from tshjobs.users import delete_user
+
+    try:
+        delete_user(_settings(), username)
+    except (TshjobsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"User {username} deleted.")
+
+
+@user.command("list")
+def user_list():
+    """List dashboard users."""
+    from tshjobs.users import list_users
+
+    for row in list_users(_settings()):
+        click.echo(row["username"])
+
+
 @main.command("enqueue")
 @click.argument("task_name")
 @click.argument("args", nargs=-1)
 def enqueue(task_name, args):
     """Enqueue TASK_NAME with ARGS (each parsed as JSON, else a string)."""
-    from tshjobs.queue import enqueue_by_name, get_huey, import_task_modules
+    from tshjobs.queue import enqueue_by_name
 
-    get_huey(_settings())
-    import_task_modules(_settings())
+    _load_tasks(_settings())
     name = task_name if "." in task_name else f"tasks.emails.{task_name}"
     values = []
     for arg in args:
@@ -191,9 +257,9 @@ def retry(task_id):
     """Enqueue a failed task again with its arguments."""
     import getpass
 
-    from tshjobs.queue import import_task_modules, retry_task
+    from tshjobs.queue import retry_task
 
-    import_task_modules(_settings())
+    _load_tasks(_settings())
     try:
         new_id = retry_task(task_id, f"cli:{getpass.getuser()}", _settings())
     except TshjobsError as exc:
@@ -202,7 +268,12 @@ def retry(task_id):
 
 
 @main.command("tasks")
-@click.option("--state", default=None, help="Only tasks in this state.")
+@click.option(
+    "--state",
+    type=click.Choice(STATES),
+    default=None,
+    help="Only tasks in this state.",
+)
 @click.option("--limit", type=click.IntRange(1, 1000), default=20)
 def list_tasks(state, limit):
     """List recent tasks from the audit log, newest first."""
@@ -230,10 +301,18 @@ def list_tasks(state, limit):
     help="Dashboard port on 127.0.0.1.",
 )
 @click.option(
-    "--customers", type=click.IntRange(10, 100_000), default=2000, show_default=True
+    "--customers",
+    type=click.IntRange(10, 100_000),
+    default=2000,
+    show_default=True,
+    help="Customers in the sample ERP (used on the first start only).",
 )
 @click.option(
-    "--orders", type=click.IntRange(0, 1_000_000), default=20000, show_default=True
+    "--orders",
+    type=click.IntRange(0, 1_000_000),
+    default=20000,
+    show_default=True,
+    help="Past orders in the sample ERP (used on the first start only).",
 )
 @click.option(
     "--events",
@@ -244,7 +323,7 @@ def list_tasks(state, limit):
 )
 @click.option(
     "--speed",
-    type=float,
+    type=click.FloatRange(0.1, 1000),
     default=5.0,
     show_default=True,
     help="Simulated ERP events per second.",

@@ -47,6 +47,14 @@ def check_queue(settings: Settings) -> str:
     return f"{where} reachable, {count} tasks queued"
 
 
+def check_task_modules(settings: Settings) -> str:
+    from tshjobs.queue import get_huey, import_task_modules
+
+    get_huey(settings)
+    import_task_modules(settings)
+    return "imported " + ", ".join(settings.task_modules)
+
+
 def check_audit(settings: Settings) -> str:
     from tshjobs.audit import AuditLog
 
@@ -108,6 +116,7 @@ def run_checks(environ: dict[str, str] | None = None) -> tuple[list[Check], bool
         Check("settings", True, "all TSHJOBS_* values are valid"),
         _check("data directory", lambda: check_data_dir(settings)),
         _check("queue", lambda: check_queue(settings)),
+        _check("task modules", lambda: check_task_modules(settings)),
         _check("audit log", lambda: check_audit(settings)),
         _check("ERP database", lambda: check_erp(settings)),
         _check("SMTP server", lambda: check_smtp(settings)),
