@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 
 ensure_debian_packages python3-venv redis-server postgresql-client postgresql \
   chromium fonts-dejavu-core
-ensure_venv "[test]"
+ensure_venv "[test,bench]"
 ensure_postgres
 
 exec .venv/bin/pytest "$@"

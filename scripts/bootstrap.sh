@@ -36,22 +36,27 @@ ensure_debian_packages() {
     --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Create .venv and install the project with the given extras, again only
-# when pyproject.toml changed since the last install.
+# Create .venv and install the project with the given extras ("" or
+# "[test,bench]"), again only when pyproject.toml changed since the last
+# install or the extras asked for were not installed. The full set covers
+# the smaller one, so ./demo.sh after ./test.sh installs nothing.
 ensure_venv() {
   local extras=$1 python=${TSHJOBS_PYTHON:-python3} stamp=.venv/.tshjobs-installed
-  local wanted
+  local digest installed
   "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || fatal "$python is older than Python 3.11; set TSHJOBS_PYTHON"
   [ -x .venv/bin/python ] || { info "creating .venv"; "$python" -m venv .venv; }
 
-  wanted="$extras $(sha256sum pyproject.toml | cut -d' ' -f1)"
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-    info "installing tshjobs$extras into .venv"
-    .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e ".$extras"
-    printf '%s' "$wanted" > "$stamp"
+  digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  installed=$(cat "$stamp" 2>/dev/null || true)
+  if [ "$installed" = "$digest $extras" ] || [ "$installed" = "$digest [test,bench]" ]; then
+    return 0
   fi
+
+  info "installing tshjobs$extras into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".$extras"
+  printf '%s' "$digest $extras" > "$stamp"
 }
 
 pg_reachable() {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -72,6 +74,7 @@ def test_demo_plays_a_day(tmp_path):
         output = process.communicate(timeout=60)[0]
 
     assert "user: admin" in banner
+    assert data_dir.stat().st_mode & 0o777 == 0o700
     assert health["status"] == "ok"
     assert "Log in" in login_page or "login" in login_page.lower()
     assert states.get("succeeded", 0) > 0
@@ -80,3 +83,37 @@ def test_demo_plays_a_day(tmp_path):
     assert len(emails) == sent_count(data_dir / "audit.db")
     assert process.returncode == 0, output
     assert "Stopping the demo" in output
+
+
+def run_demo_command(data_dir, port, timeout=60):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSHJOBS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tshjobs.cli", "demo", "--data-dir", str(data_dir),
+         "--port", str(port), "--customers", "10", "--orders", "0", "--events", "0"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
+
+
+def test_demo_rejects_taken_port(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run_demo_command(tmp_path / "demo", port)
+
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_demo_rejects_shared_data_dir(tmp_path):
+    data_dir = tmp_path / "demo"
+    data_dir.mkdir()
+    with open(data_dir / "demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+        result = run_demo_command(data_dir, free_port())
+
+    assert result.returncode == 1
+    assert "another demo is running" in result.stderr

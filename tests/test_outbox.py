@@ -140,3 +140,9 @@ def test_fresh_sending_by_other_task_in_progress(log):
 
     with pytest.raises(SendInProgress):
         log.claim("invoice", 7, "task-2", force=True)
+
+
+def test_new_database_is_private(tmp_path):
+    SentLog(tmp_path / "tshjobs.db")
+
+    assert (tmp_path / "tshjobs.db").stat().st_mode & 0o777 == 0o600

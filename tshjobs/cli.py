@@ -330,10 +330,13 @@ def list_tasks(state, limit):
 )
 def demo(data_dir, port, customers, orders, events, speed):  # fmt: skip
     """Start the appliance on embedded defaults and play a day of ERP activity."""
-    from tshjobs.demo import run_demo
+    from tshjobs.demo import DemoError, run_demo
 
-    run_demo(data_dir, port=port, customers=customers, orders=orders,
-             events=events, speed=speed)  # fmt: skip
+    try:
+        run_demo(data_dir, port=port, customers=customers, orders=orders,
+                 events=events, speed=speed)  # fmt: skip
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":

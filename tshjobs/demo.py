@@ -9,20 +9,29 @@ the real ERP makes.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
 import secrets
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+from tshjobs.errors import TshjobsError
 from tshjobs.logconfig import configure_logging
 
 logger = logging.getLogger(__name__)
+
+
+class DemoError(TshjobsError):
+    """Raised when the demo cannot start: its data directory is in use or
+    its port is taken."""
+
 
 # Share of SMTP deliveries the demo's mail server refuses with 451, so that
 # retries show up in the dashboard.
@@ -169,6 +178,31 @@ class ErpSimulator:
         return "nothing"
 
 
+def _lock_data_dir(data_dir: Path):
+    """Hold a lock on the data directory for the life of the process, so two
+    demos cannot share it; return the open lock file."""
+    lock = open(data_dir / "demo.lock", "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DemoError(
+            f"another demo is running with the data directory {data_dir}; stop "
+            "it, or pass --data-dir with another directory"
+        ) from None
+    return lock
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise DemoError(
+                f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pass "
+                "--port with a free port"
+            ) from None
+
+
 def _print_banner(port: int, password: str, mail_dir: Path, data_dir: Path) -> None:
     print(
         f"""
@@ -193,7 +227,11 @@ def run_demo(data_dir, *, port=8080, customers=2000, orders=20000, events=300,
 
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Password hashes, the audit log and customers' emails live here.
+    data_dir.chmod(0o700)
     configure_logging("WARNING")
+    lock = _lock_data_dir(data_dir)
+    _check_port_free(port)
 
     mail_dir = data_dir / "mail"
     capture = CaptureServer(mail_dir, host="127.0.0.1", port=0)
@@ -248,3 +286,4 @@ def run_demo(data_dir, *, port=8080, customers=2000, orders=20000, events=300,
         _stop(consumer, signal.SIGINT)
         _stop(dashboard, signal.SIGTERM)
         capture.stop()
+        lock.close()

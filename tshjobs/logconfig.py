@@ -18,3 +18,7 @@ def configure_logging(level: str = "INFO") -> None:
     handler.setFormatter(logging.Formatter(FORMAT))
     root.addHandler(handler)
     root.setLevel(level)
+
+    # fontTools, which fpdf2 uses to embed fonts, logs every table it writes
+    # at INFO.
+    logging.getLogger("fontTools").setLevel(logging.WARNING)

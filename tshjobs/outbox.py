@@ -73,6 +73,11 @@ class SentLog:
         self.path = Path(path)
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # The database also holds the dashboard's password hashes.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
         self._conn().executescript(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
