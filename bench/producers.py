@@ -181,7 +181,7 @@ def disconnect_audit_handler(huey) -> None:
     """
     audit = huey.audit
     if not callable(getattr(audit, "record_enqueued", None)):
-        raise RuntimeError(
+        raise TypeError(
             "AuditLog.record_enqueued not found: update disconnect_audit_handler"
             " to the new wiring"
         )

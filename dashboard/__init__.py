@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import datetime
 import logging
+import sqlite3
 
 from flask import Flask, render_template
 from werkzeug.exceptions import HTTPException
 
 from dashboard import auth, formatting, health, security, tasks
 from dashboard.security import derive_key
-from tshjobs import __version__, queue
+from tshjobs import __version__, queue, users
+from tshjobs.audit import AuditLog
 from tshjobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,19 @@ SESSION_KEY_PURPOSE = b"dashboard-session"
 def _handle_http_error(error: HTTPException):
     page = render_template("error.html", error=error)
     return page, error.code
+
+
+def _create_audit_database(settings: Settings) -> None:
+    """Create the audit database and its tables unless they exist, so that a
+    fresh appliance passes the health check before its first task.
+
+    A failure is logged, not raised, so the dashboard still starts and
+    /health reports the audit check as failed.
+    """
+    try:
+        AuditLog(settings.audit_path)
+    except (OSError, sqlite3.Error):
+        logger.exception("Creating the audit database %s failed", settings.audit_path)
 
 
 def create_app(settings: Settings | None = None, test_config: dict | None = None):
@@ -44,7 +59,7 @@ def create_app(settings: Settings | None = None, test_config: dict | None = None
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.dashboard_secure_cookies,
-        PERMANENT_SESSION_LIFETIME=datetime.timedelta(hours=12),
+        PERMANENT_SESSION_LIFETIME=datetime.timedelta(seconds=users.SESSION_LIFETIME),
         MAX_CONTENT_LENGTH=64 * 1024,
         LOGIN_MAX_FAILURES=10,
         LOGIN_FAILURE_WINDOW=600.0,
@@ -52,6 +67,8 @@ def create_app(settings: Settings | None = None, test_config: dict | None = None
     )
     if test_config:
         app.config.update(test_config)
+
+    _create_audit_database(settings)
 
     if app.config["IMPORT_TASK_MODULES"]:
         # The retry button enqueues tasks by name, so Huey's registry must

@@ -1,14 +1,14 @@
 """Login and logout with flask-login, and the login requirement of every page.
 
-A session stores `username:fingerprint`, where the fingerprint is an HMAC of
-the user's password hash. Changing a password or deleting the user therefore
-ends that user's sessions at their next request.
+The signed session cookie stores a random session id, and the
+`dashboard_sessions` table in the appliance database (`tshjobs.users`) decides
+whether that id is still valid. Logout revokes the session there, so a copy
+of the cookie stops working. Changing a password or deleting the user revokes
+all of that user's sessions, and a session expires 12 hours after the login.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 
 from flask import (
@@ -27,6 +27,7 @@ from flask_login import LoginManager, UserMixin, current_user, login_user, logou
 from dashboard.ratelimit import LoginThrottle
 from dashboard.security import is_safe_redirect
 from tshjobs import users
+from tshjobs.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -38,32 +39,28 @@ PUBLIC_ENDPOINTS = frozenset({"auth.login", "health.health", "static"})
 
 
 class DashboardUser(UserMixin):
-    def __init__(self, username: str, password_hash: str):
-        self.id = username
+    """A logged-in user. flask-login stores `get_id()`, the session id, in the
+    session cookie."""
+
+    def __init__(self, username: str, session_id: str):
         self.username = username
-        self._fingerprint = password_fingerprint(password_hash)
+        self.session_id = session_id
 
     def get_id(self) -> str:
-        return f"{self.username}:{self._fingerprint}"
+        return self.session_id
 
 
-def password_fingerprint(password_hash: str) -> str:
-    key = current_app.secret_key.encode()
-    digest = hmac.new(key, password_hash.encode(), hashlib.sha256).hexdigest()
-    return digest[:32]
+def _session_lifetime() -> float:
+    return current_app.permanent_session_lifetime.total_seconds()
 
 
 @login_manager.user_loader
 def load_user(session_id: str) -> DashboardUser | None:
-    username, _, fingerprint = session_id.partition(":")
-    row = users.get_user(current_app.config["TSHJOBS_SETTINGS"], username)
-    if row is None:
+    settings = current_app.config["TSHJOBS_SETTINGS"]
+    username = users.session_username(settings, session_id, _session_lifetime())
+    if username is None:
         return None
-
-    expected = password_fingerprint(row["password_hash"])
-    if not hmac.compare_digest(fingerprint, expected):
-        return None
-    return DashboardUser(row["username"], row["password_hash"])
+    return DashboardUser(username, session_id)
 
 
 @login_manager.unauthorized_handler
@@ -106,6 +103,22 @@ def _render_login(username: str = "", status: int = 200):
     return page, status
 
 
+def _start_session(settings: Settings, username: str) -> DashboardUser | None:
+    """Store a new session of a user whose password was just checked, or
+    return None when the user was deleted since the check."""
+    row = users.get_user(settings, username)
+    if row is None:
+        return None
+
+    try:
+        session_id = users.create_session(
+            settings, row["username"], _session_lifetime()
+        )
+    except users.UserNotFound:
+        return None
+    return DashboardUser(row["username"], session_id)
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "GET":
@@ -119,7 +132,9 @@ def login():
     throttle = _throttle()
     key = throttle.key(username, request.remote_addr)
 
-    wait = throttle.seconds_blocked(key)
+    # The attempt is counted before the password check, so parallel guesses
+    # cannot pass the limit. A successful login removes the count again.
+    wait = throttle.record_attempt(key)
     if wait:
         logger.warning(
             "Login of %r from %s blocked after repeated failures",
@@ -135,18 +150,24 @@ def login():
         return _render_login(username, 429)
 
     if not users.verify_password(settings, username, password):
-        throttle.record_failure(key)
         logger.warning("Failed login of %r from %s", username, request.remote_addr)
         flash("Invalid username or password.", "error")
         return _render_login(username, 401)
 
     throttle.reset(key)
-    row = users.get_user(settings, username)
+    user = _start_session(settings, username)
+    if user is None:
+        logger.warning(
+            "Login of %r failed: the user was deleted during the login", username
+        )
+        flash("Invalid username or password.", "error")
+        return _render_login(username, 401)
+
     # A fresh session at login: the pre-login CSRF token is not reused.
     session.clear()
     session.permanent = True
-    login_user(DashboardUser(row["username"], row["password_hash"]))
-    logger.info("User %s logged in from %s", row["username"], request.remote_addr)
+    login_user(user)
+    logger.info("User %s logged in from %s", user.username, request.remote_addr)
 
     target = request.form.get("next", "")
     if not is_safe_redirect(target):
@@ -157,6 +178,9 @@ def login():
 @bp.route("/logout", methods=["POST"])
 def logout():
     username = current_user.username
+    users.revoke_session(
+        current_app.config["TSHJOBS_SETTINGS"], current_user.session_id
+    )
     logout_user()
     session.clear()
     logger.info("User %s logged out", username)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
-from contextlib import closing
 from pathlib import Path
 
-import sqlite_utils
+from tshjobs.users import connect_state
 
 logger = logging.getLogger(__name__)
 
@@ -22,14 +22,18 @@ _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
     key TEXT NOT NULL,
     at REAL NOT NULL
-)
+);
+CREATE INDEX IF NOT EXISTS {TABLE}_key ON {TABLE} (key, at);
 """
-_INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_key ON {TABLE} (key, at)"
 
 
 class LoginThrottle:
     """A limit of `max_failures` failed logins per key within `window`
-    seconds. The key is the lower-cased username and the client address."""
+    seconds. The key is the lower-cased username and the client address.
+
+    A login calls `record_attempt` before it checks the password and `reset`
+    after a success, so an attempt counts as a failure until it succeeds.
+    """
 
     def __init__(self, path: Path, max_failures: int = 10, window: float = 600.0):
         self.path = Path(path)
@@ -40,38 +44,56 @@ class LoginThrottle:
     def key(username: str, address: str | None) -> str:
         return f"{username[:100].lower()}|{address or '-'}"
 
-    def _open(self) -> sqlite_utils.Database:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite_utils.Database(self.path)
-        db.execute(_SCHEMA)
-        db.execute(_INDEX)
-        return db
+    def _connect(self) -> sqlite3.Connection:
+        conn = connect_state(self.path)
+        conn.executescript(_SCHEMA)
+        return conn
 
-    def seconds_blocked(self, key: str) -> int:
-        """Return how many seconds the key must wait before it may try again,
-        or 0 when it may try now."""
-        since = time.time() - self.window
-        with closing(self._open()) as db:
-            rows = list(
-                db.query(
-                    f"SELECT count(*) AS n, min(at) AS first FROM {TABLE} "
-                    "WHERE key = ? AND at > ?",
-                    [key, since],
-                )
-            )
-        count, first = rows[0]["n"], rows[0]["first"]
+    def record_attempt(self, key: str) -> int:
+        """Count one login attempt of `key` and return 0, or return the
+        seconds the key must wait when it already has `max_failures` in the
+        window, counting nothing.
+
+        The count and the insert run in one BEGIN IMMEDIATE transaction, so
+        parallel logins cannot all pass the check before any of them is
+        counted.
+        """
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                wait = self._seconds_blocked(conn, key)
+                if not wait:
+                    now = time.time()
+                    conn.execute(
+                        f"INSERT INTO {TABLE} (key, at) VALUES (?, ?)", [key, now]
+                    )
+                    conn.execute(
+                        f"DELETE FROM {TABLE} WHERE at <= ?", [now - self.window]
+                    )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return wait
+
+    def _seconds_blocked(self, conn: sqlite3.Connection, key: str) -> int:
+        now = time.time()
+        count, first = conn.execute(
+            f"SELECT count(*), min(at) FROM {TABLE} WHERE key = ? AND at > ?",
+            [key, now - self.window],
+        ).fetchone()
         if count < self.max_failures:
             return 0
 
         # The oldest failure in the window leaves it first and frees a try.
-        return max(1, math.ceil(first + self.window - time.time()))
-
-    def record_failure(self, key: str) -> None:
-        now = time.time()
-        with closing(self._open()) as db:
-            db.execute(f"INSERT INTO {TABLE} (key, at) VALUES (?, ?)", [key, now])
-            db.execute(f"DELETE FROM {TABLE} WHERE at <= ?", [now - self.window])
+        return max(1, math.ceil(first + self.window - now))
 
     def reset(self, key: str) -> None:
-        with closing(self._open()) as db:
-            db.execute(f"DELETE FROM {TABLE} WHERE key = ?", [key])
+        conn = self._connect()
+        try:
+            conn.execute(f"DELETE FROM {TABLE} WHERE key = ?", [key])
+        finally:
+            conn.close()

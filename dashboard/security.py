@@ -119,8 +119,18 @@ def add_security_headers(response):
 
 
 def is_safe_redirect(target: str | None) -> bool:
-    """Tell whether `target` is a path on this site, not another host."""
+    """Tell whether `target` is a path on this site, not another host, that
+    can go into a Location header.
+
+    Control characters are rejected because werkzeug raises on CR and LF in a
+    header value, and browsers drop tab, CR and LF from a URL (WHATWG URL
+    Standard), which turns `/\t/host` into `//host`. `str.isprintable` is
+    false for every control, format and separator character except the
+    ASCII space.
+    """
     if not target or not target.startswith("/") or target.startswith("//"):
+        return False
+    if not target.isprintable():
         return False
     return "\\" not in target and not urlsplit(target).netloc
 

@@ -18,6 +18,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user
+from markupsafe import Markup
 
 from tshjobs import errors, queue
 from tshjobs.audit import RETRYABLE_STATES, STATES
@@ -187,8 +188,15 @@ def task_detail(task_id: str):
         "tasks/detail.html",
         task=row,
         events=audit.events(task_id),
-        retryable=row["state"] in RETRYABLE_STATES,
+        retryable=row["state"] in RETRYABLE_STATES and not row["retried_by"],
     )
+
+
+def _flash_already_retried(task_id: str, new_id: str) -> None:
+    # Markup.format escapes both ids, which come from the audit log.
+    message = Markup('Task {} was already retried as task <a href="{}">{}</a>.')
+    url = url_for("tasks.task_detail", task_id=new_id)
+    flash(message.format(task_id, url, new_id), "info")
 
 
 @bp.route("/tasks/<task_id>/retry", methods=["POST"])
@@ -198,10 +206,17 @@ def retry(task_id: str):
             task_id, username=current_user.username, settings=_settings()
         )
     except (errors.UnknownTask, errors.NotRetryable) as exc:
-        flash(f"Retry failed: {exc}", "error")
+        row = _audit().get(task_id)
+        if isinstance(exc, errors.NotRetryable) and row and row["retried_by"]:
+            # This is a second POST, from a double click or another user.
+            _flash_already_retried(task_id, row["retried_by"])
+        else:
+            flash(f"Retry failed: {exc}", "error")
         return redirect(url_for("tasks.task_detail", task_id=task_id))
     except Exception:
-        logger.exception("Retrying task %s for %s failed", task_id, current_user.id)
+        logger.exception(
+            "Retrying task %s for %s failed", task_id, current_user.username
+        )
         flash(
             "Retry failed: the task could not be queued. The dashboard log has "
             "the details.",

@@ -8,12 +8,15 @@ import hmac
 import json
 import re
 import sqlite3
+import threading
 import time
 import uuid
 
 import pytest
 
 from dashboard import create_app
+from dashboard.ratelimit import LoginThrottle
+from dashboard.security import is_safe_redirect
 from tests.services import free_port
 from tshjobs import queue, users
 from tshjobs.settings import get_settings
@@ -109,6 +112,28 @@ def row_count(html: str) -> int:
 
 def shown_ids(html: str) -> list[str]:
     return re.findall(r'<span class="task-id">([^<]+)</span>', html)
+
+
+def session_rows(settings) -> list[dict]:
+    conn = sqlite3.connect(settings.state_path)
+    conn.row_factory = sqlite3.Row
+    rows = conn.execute("SELECT * FROM dashboard_sessions ORDER BY created_at")
+    result = [dict(row) for row in rows]
+    conn.close()
+    return result
+
+
+def cookie_session_id(app, client) -> str:
+    """Decode the signed session cookie and return flask-login's user id."""
+    cookie = client.get_cookie("tshjobs_session")
+    serializer = app.session_interface.get_signing_serializer(app)
+    return serializer.loads(cookie.value)["_user_id"]
+
+
+def client_with_cookie(app, value: str):
+    client = app.test_client()
+    client.set_cookie("tshjobs_session", value)
+    return client
 
 
 # Login and sessions
@@ -214,6 +239,71 @@ def test_success_resets_failures(app):
     assert login(fresh, "alice", PASSWORD).status_code == 302
 
 
+def test_parallel_wrong_logins_hit_exact_limit(app, settings):
+    clients = []
+    for _ in range(40):
+        client = app.test_client()
+        token = page_token(client, "/login")
+        clients.append((client, token))
+    barrier = threading.Barrier(len(clients))
+    statuses = []
+
+    def wrong_login(client, token):
+        form = {"username": "alice", "password": "wrong password", "csrf_token": token}
+        barrier.wait()
+        statuses.append(client.post("/login", data=form).status_code)
+
+    threads = [threading.Thread(target=wrong_login, args=pair) for pair in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(statuses) == 40
+    assert statuses.count(401) == 10
+    assert statuses.count(429) == 30
+    conn = sqlite3.connect(settings.state_path)
+    (recorded,) = conn.execute(
+        "SELECT count(*) FROM dashboard_login_failures"
+    ).fetchone()
+    conn.close()
+    assert recorded == 10
+
+
+def test_throttle_counts_parallel_attempts_exactly(tmp_path):
+    throttle = LoginThrottle(tmp_path / "state.db", max_failures=10, window=600.0)
+    key = throttle.key("alice", "127.0.0.1")
+    barrier = threading.Barrier(40)
+    waits = []
+
+    def attempt():
+        barrier.wait()
+        waits.append(throttle.record_attempt(key))
+
+    threads = [threading.Thread(target=attempt) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(waits) == 40
+    assert waits.count(0) == 10
+    assert all(0 < wait <= 600 for wait in waits if wait)
+
+
+def test_throttle_reset_allows_new_attempts(tmp_path):
+    throttle = LoginThrottle(tmp_path / "state.db", max_failures=2, window=600.0)
+    key = throttle.key("alice", "127.0.0.1")
+
+    assert throttle.record_attempt(key) == 0
+    assert throttle.record_attempt(key) == 0
+    assert throttle.record_attempt(key) > 0
+
+    throttle.reset(key)
+
+    assert throttle.record_attempt(key) == 0
+
+
 def test_login_redirects_to_next(client):
     response = login(client, "alice", PASSWORD, next="/actions")
     assert response.headers["Location"] == "/actions"
@@ -225,6 +315,49 @@ def test_login_redirects_to_next(client):
 def test_login_ignores_foreign_next(client, target):
     response = login(client, "alice", PASSWORD, next=target)
     assert response.headers["Location"] == "/tasks"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/tasks\r\nSet-Cookie: injected=1",
+        "/tasks\n",
+        "/tasks\r",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/tasks\x00",
+        "/tasks\x7f",
+        "/tasks\x85",
+        "/tasks\u2028",
+        "/tasks\u202e",
+    ],
+)
+def test_login_ignores_next_with_controls(client, target):
+    response = login(client, "alice", PASSWORD, next=target)
+
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/tasks"
+    assert "injected" not in response.headers.get("Set-Cookie", "")
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/tasks", True),
+        ("/tasks/3f2a?state=failed&q=a b", True),
+        ("/tasks/\u0639\u0631\u0628\u064a", True),
+        ("/tasks\r\nLocation: //evil.example", False),
+        ("/\t/evil.example", False),
+        ("//evil.example", False),
+        ("https://evil.example/", False),
+        ("/\\evil.example", False),
+        ("tasks", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_is_safe_redirect(target, expected):
+    assert is_safe_redirect(target) is expected
 
 
 def test_password_change_ends_session(logged_in, settings):
@@ -239,6 +372,113 @@ def test_deleted_user_logged_out(logged_in, settings):
     users.delete_user(settings, "alice")
 
     assert logged_in.get("/tasks").status_code == 302
+
+
+def test_cookie_replay_after_logout(app, logged_in):
+    saved = logged_in.get_cookie("tshjobs_session").value
+    assert client_with_cookie(app, saved).get("/tasks").status_code == 200
+
+    response = logged_in.post("/logout", data={"csrf_token": page_token(logged_in)})
+    assert response.status_code == 302
+
+    replayed = client_with_cookie(app, saved).get("/tasks")
+    assert replayed.status_code == 302
+    assert replayed.headers["Location"].startswith("/login")
+
+
+def test_logout_ends_only_that_session(app, logged_in):
+    other = app.test_client()
+    assert login(other, "alice", PASSWORD).status_code == 302
+
+    logged_in.post("/logout", data={"csrf_token": page_token(logged_in)})
+
+    assert logged_in.get("/tasks").status_code == 302
+    assert other.get("/tasks").status_code == 200
+
+
+def test_session_stored_server_side(app, logged_in, settings):
+    session_id = cookie_session_id(app, logged_in)
+    rows = session_rows(settings)
+
+    assert len(rows) == 1
+    assert rows[0]["username"] == "alice"
+    assert rows[0]["revoked_at"] is None
+    assert rows[0]["created_at"] <= rows[0]["last_seen_at"] <= time.time()
+    # The table keeps a hash, so a copy of the database yields no cookie.
+    assert rows[0]["id_hash"] == hashlib.sha256(session_id.encode()).hexdigest()
+    assert "alice" not in session_id
+    assert len(session_id) >= 43
+
+
+def test_logout_marks_session_revoked(logged_in, settings):
+    logged_in.post("/logout", data={"csrf_token": page_token(logged_in)})
+
+    rows = session_rows(settings)
+    assert len(rows) == 1
+    assert rows[0]["revoked_at"] is not None
+
+
+def test_login_starts_new_session_id(app, client):
+    login(client, "alice", PASSWORD)
+    first = cookie_session_id(app, client)
+
+    client.post("/logout", data={"csrf_token": page_token(client)})
+    login(client, "alice", PASSWORD)
+    second = cookie_session_id(app, client)
+
+    assert second != first
+
+
+def test_password_change_revokes_cookie_copy(app, logged_in, settings):
+    saved = logged_in.get_cookie("tshjobs_session").value
+
+    users.set_password(settings, "alice", "another password")
+
+    assert client_with_cookie(app, saved).get("/tasks").status_code == 302
+    assert all(row["revoked_at"] for row in session_rows(settings))
+
+
+def test_readded_user_needs_new_login(app, logged_in, settings):
+    saved = logged_in.get_cookie("tshjobs_session").value
+
+    users.delete_user(settings, "alice")
+    users.add_user(settings, "alice", PASSWORD)
+
+    assert client_with_cookie(app, saved).get("/tasks").status_code == 302
+
+
+def test_revoke_sessions_logs_user_out(app, logged_in, settings):
+    other = app.test_client()
+    login(other, "alice", PASSWORD)
+
+    assert users.revoke_sessions(settings, "ALICE") == 2
+
+    assert logged_in.get("/tasks").status_code == 302
+    assert other.get("/tasks").status_code == 302
+
+
+def test_expired_session_rejected_and_pruned(app, logged_in, settings):
+    twelve_hours_ago = time.time() - 12 * 3600 - 1
+    conn = sqlite3.connect(settings.state_path)
+    conn.execute("UPDATE dashboard_sessions SET created_at = ?", [twelve_hours_ago])
+    conn.commit()
+    conn.close()
+
+    assert logged_in.get("/tasks").status_code == 302
+
+    fresh = app.test_client()
+    assert login(fresh, "alice", PASSWORD).status_code == 302
+    rows = session_rows(settings)
+    assert len(rows) == 1
+    assert rows[0]["created_at"] > twelve_hours_ago + 12 * 3600
+
+
+def test_forged_session_id_rejected(app, client):
+    serializer = app.session_interface.get_signing_serializer(app)
+    for user_id in ("alice", "alice:" + "0" * 32, "x" * 43, ""):
+        cookie = serializer.dumps({"_user_id": user_id, "_fresh": True})
+        response = client_with_cookie(app, cookie).get("/tasks")
+        assert response.status_code == 302, user_id
 
 
 def test_session_key_derived_from_secret(app, settings):
@@ -262,6 +502,18 @@ def test_session_cookie_flags(client):
 
 def test_secure_cookie_configurable(settings):
     app = create_app(settings, {"TESTING": True, "SESSION_COOKIE_SECURE": True})
+    response = app.test_client().get("/login")
+
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_secure_cookie_setting(env, monkeypatch):
+    from tshjobs import settings as settings_module
+
+    monkeypatch.setenv("TSHJOBS_DASHBOARD_SECURE_COOKIES", "true")
+    settings_module.reset_settings()
+    app = create_app(get_settings(), {"TESTING": True})
+
     response = app.test_client().get("/login")
 
     assert "Secure" in response.headers["Set-Cookie"]
@@ -646,6 +898,19 @@ def test_list_links_retried_task(logged_in, audit):
     assert f'action="/tasks/{original}/retry"' not in html
 
 
+def test_retried_task_links_instead_of_button(logged_in, audit):
+    original = add_task(audit, state="failed")
+    retry = add_task(audit, retry_of=original)
+
+    html = logged_in.get(f"/tasks/{original}").get_data(as_text=True)
+    head = html[html.index('<section class="detail-head">') : html.index("</section>")]
+
+    assert "Retry this task" not in html
+    assert f'action="/tasks/{original}/retry"' not in html
+    assert "Retried as" in head
+    assert f'href="/tasks/{retry}"' in head
+
+
 def test_no_retry_button_for_succeeded(logged_in, audit):
     task_id = add_task(audit, state="succeeded")
 
@@ -762,6 +1027,32 @@ def test_retry_unknown_task_name_flashes(redis_client, redis_settings):
     assert queue.queue_length(redis_settings) == 0
 
 
+def test_second_retry_post_creates_no_task(redis_client, redis_settings):
+    audit = queue.audit_log(redis_settings)
+    task_id = add_task(audit, BROKEN_TASK, ["x"], state="failed")
+    token = page_token(redis_client, f"/tasks/{task_id}")
+
+    first = redis_client.post(f"/tasks/{task_id}/retry", data={"csrf_token": token})
+    second = redis_client.post(f"/tasks/{task_id}/retry", data={"csrf_token": token})
+
+    new_id = audit.get(task_id)["retried_by"]
+    assert first.headers["Location"] == f"/tasks/{new_id}"
+    assert second.status_code == 302
+    assert second.headers["Location"] == f"/tasks/{task_id}"
+    assert queue.queue_length(redis_settings) == 1
+    assert len(audit.actions()) == 1
+    retries = [row for row in audit.search(limit=50) if row["retry_of"] == task_id]
+    assert [row["id"] for row in retries] == [new_id]
+
+    page = redis_client.get(second.headers["Location"]).get_data(as_text=True)
+    flash = re.search(r'<li class="flash flash-info"[^>]*>(.*?)</li>', page, re.DOTALL)
+    assert flash, "no info message after the second retry"
+    assert "already retried as task" in flash.group(1)
+    assert f'<a href="/tasks/{new_id}">{new_id}</a>' in flash.group(1)
+    assert "Retry failed" not in page
+    assert "Retry this task" not in page
+
+
 def test_retry_unknown_task_id(redis_client):
     token = page_token(redis_client)
 
@@ -833,6 +1124,50 @@ def test_health_sqlite_queue(settings, env):
 
     assert response.status_code == 200
     assert response.get_json()["checks"]["queue"]["storage"] == "sqlite"
+
+
+def test_create_app_creates_audit_database(settings, env):
+    make_erp_database(env)
+    assert not settings.audit_path.exists()
+
+    app = create_app(settings, {"TESTING": True, "IMPORT_TASK_MODULES": False})
+
+    assert settings.audit_path.is_file()
+    conn = sqlite3.connect(settings.audit_path)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert {"tasks", "task_events", "operator_actions"} <= tables
+    report = app.test_client().get("/health").get_json()
+    assert report["status"] == "ok"
+    assert report["checks"]["audit"] == {"ok": True}
+
+
+def test_health_audit_ok_while_redis_down(env, monkeypatch):
+    from tshjobs import settings as settings_module
+
+    make_erp_database(env)
+    monkeypatch.setenv("TSHJOBS_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    settings_module.reset_settings()
+    settings = get_settings()
+    app = create_app(settings, {"TESTING": True})
+
+    report = app.test_client().get("/health").get_json()
+
+    assert report["status"] == "down"
+    assert report["checks"]["queue"]["ok"] is False
+    assert report["checks"]["audit"] == {"ok": True}
+
+
+def test_create_app_survives_unusable_audit_path(settings, env, caplog):
+    make_erp_database(env)
+    settings.audit_path.mkdir(parents=True)
+
+    app = create_app(settings, {"TESTING": True, "IMPORT_TASK_MODULES": False})
+    report = app.test_client().get("/health").get_json()
+
+    assert "Creating the audit database" in caplog.text
+    assert report["checks"]["audit"]["ok"] is False
+    assert report["status"] != "ok"
 
 
 def test_health_degraded_without_erp(settings):

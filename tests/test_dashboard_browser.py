@@ -179,6 +179,14 @@ def test_login_list_and_retry(browser_page, base_url, failed_task_id):
     flash.wait_for()
     assert "queued again as task" in flash.inner_text()
     assert f"/tasks/{failed_task_id}" in page.locator(".fields").inner_html()
+    new_task_path = page.url.removeprefix(base_url)
+
+    # The retried task now links to its retry instead of offering the button.
+    page.goto(f"{base_url}/tasks/{failed_task_id}")
+    assert page.locator("button.retry").count() == 0
+    note = page.locator(".retried-note")
+    assert note.inner_text().startswith("Retried as ")
+    assert note.locator("a").get_attribute("href") == new_task_path
 
     page.goto(f"{base_url}/tasks")
     page.locator("tr.row-queued").first.wait_for()
@@ -228,3 +236,21 @@ def test_refresh_paused_while_hidden(browser_page, base_url, failed_task_id):
 
     assert seen["errors"] == []
     assert csp_problems(page, seen) == []
+
+
+def test_copied_cookie_dead_after_logout(browser_page, base_url):
+    page = browser_page
+    seen = watch_page(page)
+    log_in(page, base_url)
+    saved = page.context.cookies()
+    assert [cookie["name"] for cookie in saved] == ["tshjobs_session"]
+
+    page.click("button:has-text('Log out')")
+    page.wait_for_url(f"{base_url}/login")
+    page.context.clear_cookies()
+    page.context.add_cookies(saved)
+    page.goto(f"{base_url}/tasks")
+
+    page.wait_for_url("**/login**")
+    assert page.locator("#password").count() == 1
+    assert seen["errors"] == []

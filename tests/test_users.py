@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 import time
 
 import pytest
@@ -175,3 +176,168 @@ def test_errors_are_tshjobs_errors(settings):
 
     with pytest.raises(TshjobsError):
         users.add_user(settings, "bad name", PASSWORD)
+
+
+def test_state_file_created_private(settings):
+    assert not settings.state_path.exists()
+
+    users.add_user(settings, "alice", PASSWORD)
+
+    assert stat.S_IMODE(settings.state_path.stat().st_mode) == 0o600
+
+
+def test_existing_state_file_keeps_mode(settings):
+    settings.state_path.touch(mode=0o640)
+    settings.state_path.chmod(0o640)
+
+    users.add_user(settings, "alice", PASSWORD)
+
+    assert stat.S_IMODE(settings.state_path.stat().st_mode) == 0o640
+
+
+# Login sessions
+
+
+def stored_sessions(settings) -> list[dict]:
+    conn = sqlite3.connect(settings.state_path)
+    conn.row_factory = sqlite3.Row
+    rows = [dict(row) for row in conn.execute("SELECT * FROM dashboard_sessions")]
+    conn.close()
+    return rows
+
+
+def backdate_sessions(settings, seconds: float) -> None:
+    conn = sqlite3.connect(settings.state_path)
+    conn.execute(
+        "UPDATE dashboard_sessions SET created_at = created_at - ?,"
+        " last_seen_at = last_seen_at - ?",
+        [seconds, seconds],
+    )
+    conn.commit()
+    conn.close()
+
+
+def test_session_round_trip(settings):
+    users.add_user(settings, "Alice", PASSWORD)
+
+    session_id = users.create_session(settings, "alice")
+
+    assert users.session_username(settings, session_id) == "Alice"
+    assert users.session_username(settings, session_id + "x") is None
+    assert users.session_username(settings, "") is None
+    rows = stored_sessions(settings)
+    assert len(rows) == 1
+    assert rows[0]["username"] == "Alice"
+    assert session_id not in str(rows[0])
+
+
+def test_session_ids_are_random(settings):
+    users.add_user(settings, "alice", PASSWORD)
+
+    ids = {users.create_session(settings, "alice") for _ in range(20)}
+
+    assert len(ids) == 20
+    assert all(len(session_id) >= 43 for session_id in ids)
+
+
+def test_create_session_unknown_user(settings):
+    with pytest.raises(users.UserNotFound):
+        users.create_session(settings, "nobody")
+
+    assert stored_sessions(settings) == []
+
+
+def test_revoke_session(settings):
+    users.add_user(settings, "alice", PASSWORD)
+    open_session = users.create_session(settings, "alice")
+    revoked_session = users.create_session(settings, "alice")
+
+    assert users.revoke_session(settings, revoked_session) is True
+    assert users.revoke_session(settings, revoked_session) is False
+    assert users.revoke_session(settings, "unknown") is False
+
+    assert users.session_username(settings, revoked_session) is None
+    assert users.session_username(settings, open_session) == "alice"
+
+
+def test_revoke_sessions_of_one_user(settings):
+    users.add_user(settings, "alice", PASSWORD)
+    users.add_user(settings, "bob", PASSWORD)
+    alice_sessions = [users.create_session(settings, "alice") for _ in range(3)]
+    bob_session = users.create_session(settings, "bob")
+
+    assert users.revoke_sessions(settings, "ALICE") == 3
+    assert users.revoke_sessions(settings, "alice") == 0
+    assert users.revoke_sessions(settings, "nobody") == 0
+
+    for session_id in alice_sessions:
+        assert users.session_username(settings, session_id) is None
+    assert users.session_username(settings, bob_session) == "bob"
+
+
+def test_set_password_revokes_sessions(settings):
+    users.add_user(settings, "alice", PASSWORD)
+    session_id = users.create_session(settings, "alice")
+
+    users.set_password(settings, "alice", "a new password 2")
+
+    assert users.session_username(settings, session_id) is None
+    assert all(row["revoked_at"] is not None for row in stored_sessions(settings))
+
+
+def test_failed_set_password_keeps_sessions(settings):
+    users.add_user(settings, "alice", PASSWORD)
+    session_id = users.create_session(settings, "alice")
+
+    with pytest.raises(users.UserNotFound):
+        users.set_password(settings, "bob", "a new password 2")
+
+    assert users.session_username(settings, session_id) == "alice"
+
+
+def test_delete_user_revokes_sessions(settings):
+    users.add_user(settings, "alice", PASSWORD)
+    session_id = users.create_session(settings, "alice")
+
+    users.delete_user(settings, "alice")
+    users.add_user(settings, "alice", PASSWORD)
+
+    assert users.session_username(settings, session_id) is None
+    assert stored_sessions(settings)[0]["revoked_at"] is not None
+
+
+def test_expired_session_rejected(settings):
+    users.add_user(settings, "alice", PASSWORD)
+    session_id = users.create_session(settings, "alice")
+    backdate_sessions(settings, users.SESSION_LIFETIME + 1)
+
+    assert users.session_username(settings, session_id) is None
+    assert users.session_username(settings, session_id, lifetime=2 * 86400) == "alice"
+
+
+def test_create_session_prunes_expired(settings):
+    users.add_user(settings, "alice", PASSWORD)
+    old = users.create_session(settings, "alice")
+    users.revoke_session(settings, users.create_session(settings, "alice"))
+    backdate_sessions(settings, users.SESSION_LIFETIME + 1)
+
+    new = users.create_session(settings, "alice")
+
+    rows = stored_sessions(settings)
+    assert len(rows) == 1
+    assert users.session_username(settings, new) == "alice"
+    assert users.session_username(settings, old, lifetime=2 * 86400) is None
+
+
+def test_last_seen_updated_once_a_minute(settings):
+    users.add_user(settings, "alice", PASSWORD)
+    session_id = users.create_session(settings, "alice")
+    created = stored_sessions(settings)[0]["created_at"]
+
+    users.session_username(settings, session_id)
+    assert stored_sessions(settings)[0]["last_seen_at"] == created
+
+    backdate_sessions(settings, users.LAST_SEEN_INTERVAL + 1)
+    users.session_username(settings, session_id)
+    row = stored_sessions(settings)[0]
+    assert row["last_seen_at"] > row["created_at"] + users.LAST_SEEN_INTERVAL
