@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import json
 from decimal import Decimal
 
 import pypdf
@@ -278,3 +279,58 @@ def test_dashboard_retry_resends_failed_email(erp, pg_url, smtp, consumer, audit
     row = wait_for_state(audit, second, "succeeded")
     assert row["retry_of"] == first
     assert len(received(smtp)) == 1
+
+
+@pytest.fixture
+def staff(env):
+    """A logged-in dashboard client on the same settings as the consumer."""
+    from dashboard import create_app
+    from tests.test_dashboard import login
+    from tshjobs import users
+
+    settings = load_settings()
+    users.add_user(settings, "staff", "a long staff password")
+    client = create_app(settings, {"TESTING": True}).test_client()
+    assert login(client, "staff", "a long staff password").status_code == 302
+    return client
+
+
+def test_script_customer_escaped_on_dashboard(erp, pg_url, consumer, audit, staff):
+    from tasks.emails import send_welcome_email
+    from tests.test_dashboard import page_token
+
+    customer_id = add_customer(pg_url, XSS_NAME, None)
+    task_id = send_welcome_email(customer_id).id
+    row = wait_for_state(audit, task_id, "failed")
+    assert XSS_NAME in row["error"]
+
+    detail = staff.get(f"/tasks/{task_id}").get_data(as_text=True)
+    listing = staff.get("/tasks?state=failed").get_data(as_text=True)
+
+    assert XSS_NAME not in detail
+    assert XSS_NAME not in listing
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in detail
+    assert page_token(staff)
+
+
+def test_retry_button_resends_failed_email(erp, pg_url, smtp, consumer, audit, staff):
+    from tasks.emails import send_order_confirmation_email
+    from tests.test_dashboard import page_token
+
+    smtp.reject_next(1, 550, "5.7.1 Rejected for now")
+    order_id = new_order(erp, pg_url)
+    first = send_order_confirmation_email(order_id).id
+    wait_for_state(audit, first, "failed")
+
+    response = staff.post(
+        f"/tasks/{first}/retry",
+        data={"csrf_token": page_token(staff, f"/tasks/{first}")},
+    )
+
+    assert response.status_code == 302
+    second = audit.get(first)["retried_by"]
+    row = wait_for_state(audit, second, "succeeded")
+    assert row["retry_of"] == first
+    assert json.loads(row["args"]) == [order_id]
+    assert len(received(smtp)) == 1
+    assert audit.actions()[0]["username"] == "staff"

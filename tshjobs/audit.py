@@ -147,9 +147,10 @@ class AuditLog:
     # the producer could not write it is created by the consumer.
 
     def _enqueue_conn(self) -> sqlite3.Connection:
-        """The connection for `queued` rows, which the ERP writes inside its
-        own request: it waits at most ENQUEUE_BUSY_TIMEOUT for a lock and
-        never runs a WAL checkpoint (with its fsync); consumers do that."""
+        """Return the connection for `queued` rows, which the ERP writes inside
+        its own request. It waits at most ENQUEUE_BUSY_TIMEOUT for a lock and
+        never runs a WAL checkpoint, whose fsync would stall the ERP. The
+        consumers run the checkpoints."""
         conn = getattr(self._local, "enqueue_conn", None)
         if conn is None or getattr(self._local, "enqueue_pid", None) != os.getpid():
             conn = sqlite3.connect(

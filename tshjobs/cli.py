@@ -105,7 +105,7 @@ def dashboard(bind, workers):  # fmt: skip
 
 @main.command()
 def doctor():
-    """Check every setting and connection and say what is wrong."""
+    """Check every setting and connection and report what is wrong."""
     from tshjobs.doctor import run_checks
 
     checks, ok = run_checks()

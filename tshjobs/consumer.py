@@ -21,7 +21,7 @@ def _unblock_consumer_signals() -> None:
 
 
 def run_consumer(settings: Settings, workers=None, worker_type=None, periodic=True):
-    """Run a consumer until it is told to stop by a signal."""
+    """Run a consumer until a signal stops it."""
     huey = get_huey(settings)
     import_task_modules(settings)
     consumer = huey.create_consumer(

@@ -9,7 +9,7 @@ Each key moves through three states in the appliance's SQLite database:
 A task may send only when it takes the claim. A key already `sent` is skipped
 unless the caller forces a repeat. A key left in `sending` by a worker that
 died is ambiguous (the server may have accepted the message), so it is not
-sent again by itself: the task fails and says so, and a person decides.
+sent again by itself. The task fails with that reason, and a person decides.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ STALE_CLAIM_SECONDS = 15 * 60
 
 
 class SendInProgress(TemporaryError):
-    """Raised when another task holds the claim on this email right now."""
+    """Raised when another task has the claim on this email right now."""
 
 
 class DeliveryUnknown(PermanentError):
@@ -74,7 +74,7 @@ class SentLog:
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # The database also holds the dashboard's password hashes.
+            # The database also contains the dashboard's password hashes.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             pass
@@ -181,7 +181,7 @@ class SentLog:
 
     def release(self, kind, entity_id, task_id) -> None:
         """Give the claim back after the SMTP server refused the message, so
-        that a retry may send it; a key that was sent before stays sent."""
+        that a retry may send it. A key that was sent before stays sent."""
         conn = self._conn()
         conn.execute(
             "DELETE FROM email_sent_log WHERE kind = ? AND entity_id = ?"

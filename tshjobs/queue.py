@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EnqueuedTask:
-    """What calling a task function returns: the id to look it up by."""
+    """The handle a task function call returns, with the id of the new task."""
 
     id: str
     name: str
@@ -226,7 +226,7 @@ def task(retries: int = 3, **huey_options):
     `tshjobs.arguments`), so bad arguments fail in the caller.
 
     A `TemporaryError` (or a connection-level OSError) is retried up to
-    `retries` times, waiting as TSHJOBS_RETRY_DELAYS says. Any other exception
+    `retries` times, waiting as TSHJOBS_RETRY_DELAYS sets. Any other exception
     is permanent: the task fails at once and waits in the audit log.
     """
 

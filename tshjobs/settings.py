@@ -170,7 +170,7 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
-# The longest retry delay accepted: a week. Huey cannot schedule a delay so
+# The maximum retry delay: a week. Huey cannot schedule a delay so
 # long that the retry time overflows a datetime.
 MAX_RETRY_DELAY = 7 * 24 * 3600
 
