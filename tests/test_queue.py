@@ -148,9 +148,8 @@ class _WritesFile:
         return (Path.touch, (self.path,))
 
 
+@pytest.mark.parametrize("queue_env", ["redis"], indirect=True)
 def test_unsigned_message_is_not_unpickled(queue_env, consumer, audit, tmp_path):
-    if "TSHJOBS_REDIS_URL" not in queue_env:
-        pytest.skip("writes to Redis directly")
     proof = tmp_path / "pwned"
     storage = get_huey().storage
     storage.enqueue(pickle.dumps(_WritesFile(proof)))
@@ -257,12 +256,11 @@ def processes_with_env(marker: str) -> list[int]:
     return pids
 
 
+@pytest.mark.parametrize("queue_env", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("attempt", range(5))
 def test_early_sigint_leaves_no_workers(queue_env, tmp_path, attempt):
     """SIGINT while the consumer starts its workers, before Huey's signal
     handlers exist, must still stop every worker process."""
-    if "TSHJOBS_REDIS_URL" in queue_env:
-        pytest.skip("storage does not matter here")
     token = uuid.uuid4().hex
     marker = f"TSHJOBS_TEST_MARKER={token}"
     env = {**queue_env, "TSHJOBS_TEST_MARKER": token}
@@ -305,9 +303,8 @@ def test_enqueue_with_audit_locked_still_queues(queue_env, audit, tmp_path):
     assert json.loads(row["args"]) == [1, 1]
 
 
+@pytest.mark.parametrize("queue_env", ["redis"], indirect=True)
 def test_failed_enqueue_leaves_no_queued_row(queue_env, audit, monkeypatch):
-    if "TSHJOBS_REDIS_URL" not in queue_env:
-        pytest.skip("needs a Redis that can be unreachable")
     monkeypatch.setenv("TSHJOBS_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     get_huey(load_settings())
 
