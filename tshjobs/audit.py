@@ -303,6 +303,15 @@ class AuditLog:
             (task_id, new_task_id),
         )
 
+    def record_recovered(self, task_id: str, owner: str) -> None:
+        """Mark a task that a dead worker held as queued again."""
+        now = time.time()
+        self._execute(
+            "UPDATE tasks SET state = 'queued', updated_at = ? WHERE id = ?",
+            (now, task_id),
+        )
+        self._event(task_id, "recovered", f"{owner} stopped; put back on the queue")
+
     def log_action(self, username, action, task_id, detail="") -> None:
         self._execute(
             "INSERT INTO operator_actions (at, username, action, task_id, detail)"
@@ -430,6 +439,9 @@ def connect_signals(huey, audit: AuditLog) -> None:
                                 not task.retries)  # fmt: skip
         elif signal == S.SIGNAL_RETRYING:
             audit.record_state(task.id, "retrying", f"{task.retries} retries left")
+        elif signal == S.SIGNAL_INTERRUPTED and getattr(huey, "reliable", False):
+            audit.record_state(task.id, "queued", "interrupted: the consumer "
+                               "stopped while the task ran; put back on the queue")  # fmt: skip
         elif signal == S.SIGNAL_INTERRUPTED:
             audit.record_failed(task.id, "interrupted: the consumer stopped while "
                                 "the task ran", "", final=True)  # fmt: skip

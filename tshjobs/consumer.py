@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 
+from redis.exceptions import RedisError
+
+from tshjobs.audit import log_write_failure
 from tshjobs.queue import get_huey, import_task_modules
 from tshjobs.settings import Settings
 
@@ -14,6 +18,43 @@ logger = logging.getLogger(__name__)
 # The signals Huey's consumer handles: INT stops gracefully, TERM at once,
 # HUP restarts.
 CONSUMER_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+# Seconds between scans for tasks held by workers that died.
+RECOVERY_INTERVAL = 10.0
+
+
+def recover_inflight(huey) -> int:
+    """Put the tasks of dead workers back on the queue; return how many."""
+    if not huey.reliable:
+        return 0
+
+    recovered = huey.storage.recover()
+    for owner, data in recovered:
+        try:
+            message = huey.serializer.deserialize(data)
+        except Exception:
+            logger.exception("Recovered an unreadable task from %s", owner)
+            continue
+        logger.warning(
+            "Recovered task %s from %s, which stopped; it is queued again",
+            message.id, owner, extra={"task_id": message.id},
+        )  # fmt: skip
+        try:
+            huey.audit.record_recovered(message.id, owner)
+        except Exception:  # noqa: BLE001 - logged by log_write_failure
+            log_write_failure(message.id, "recovered")
+    return len(recovered)
+
+
+def _recover_forever(huey, stop: threading.Event) -> None:
+    while True:
+        try:
+            recover_inflight(huey)
+        except RedisError as exc:
+            logger.warning("Recovery scan failed, Redis unavailable: %s", exc)
+        if stop.wait(RECOVERY_INTERVAL):
+            return
 
 
 def _unblock_consumer_signals() -> None:
@@ -50,4 +91,16 @@ def run_consumer(settings: Settings, workers=None, worker_type=None, periodic=Tr
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     consumer.start = start_with_signals_held
-    consumer.run()
+
+    stop = threading.Event()
+    recovery = threading.Thread(
+        target=_recover_forever, args=(huey, stop), name="tshjobs-recovery"
+    )
+    recovery.daemon = True
+    recovery.start()
+    try:
+        consumer.run()
+    finally:
+        stop.set()
+        if huey.reliable:
+            huey.storage.stop_heartbeat()

@@ -15,9 +15,10 @@ import importlib
 import json
 import logging
 import random
+import threading
 from dataclasses import dataclass
 
-from huey import Huey, RedisHuey, SqliteHuey
+from huey import Huey, SqliteHuey
 from huey import signals as S
 from huey.api import Task
 from huey.exceptions import HueyException
@@ -34,6 +35,7 @@ from tshjobs.audit import (
 )
 from tshjobs.serializer import SignedSerializer
 from tshjobs.settings import Settings, get_settings
+from tshjobs.storage import ReliableRedisStorage
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +63,18 @@ class ApplianceHuey(Huey):
         self._storage = None
         self._audit: AuditLog | None = None
         super().__init__(name="tshjobs", results=False, utc=True)
+        self._worker = threading.local()
         connect_signals(self, _AuditProxy(self))
         self.signal()(_log_signal)
+        self.signal(S.SIGNAL_INTERRUPTED)(self._mark_interrupted)
+
+    def _mark_interrupted(self, signal, task, *args):
+        self._worker.interrupted = True
+
+    @property
+    def reliable(self) -> bool:
+        """Whether a task dequeued by a worker that dies is recovered."""
+        return hasattr(self.storage, "recover")
 
     def create_storage(self):
         return None
@@ -86,6 +98,41 @@ class ApplianceHuey(Huey):
             # The task is queued; the consumer writes its row when it starts.
             log_write_failure(task.id, "enqueued")
         return EnqueuedTask(task.id, name)
+
+    def dequeue(self):
+        """Take the next task; with reliable storage it stays in this worker's
+        in-flight list until `execute` has finished with it."""
+        data = self.storage.dequeue()
+        if data is None:
+            return None
+
+        try:
+            task = self.deserialize_task(data)
+        except Exception:
+            # Unsigned or unknown tasks are logged and dropped, not redelivered.
+            self._ack(data)
+            raise
+        self._worker.inflight = data
+        self._worker.interrupted = False
+        return task
+
+    def execute(self, task, timestamp=None):
+        try:
+            return super().execute(task, timestamp)
+        finally:
+            data = getattr(self._worker, "inflight", None)
+            self._worker.inflight = None
+            if data is not None and getattr(self._worker, "interrupted", False):
+                self.storage.requeue(data)
+                logger.warning("Task %s interrupted; put back on the queue", task.id,
+                               extra={"task_id": task.id})  # fmt: skip
+            elif data is not None:
+                self._ack(data)
+
+    def _ack(self, data) -> None:
+        ack = getattr(self.storage, "ack", None)
+        if ack is not None:
+            ack(data)
 
     def deserialize_task(self, data):
         """Load a dequeued task. One whose name this process does not know
@@ -116,7 +163,7 @@ class ApplianceHuey(Huey):
         self._serializer = SignedSerializer(settings.secret_key)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if settings.redis_url:
-            storage_class = RedisHuey.storage_class
+            storage_class = ReliableRedisStorage
             kwargs = {"url": settings.redis_url}
         else:
             storage_class = SqliteHuey.storage_class
