@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
+
+from huey.exceptions import TaskTimeout
 
 from tshjobs.errors import PermanentError, TemporaryError
 from tshjobs.queue import task
@@ -50,3 +53,31 @@ def touch(path: str) -> str:
 @task(retries=0)
 def echo(value):
     return value
+
+
+@task(retries=1, soft_time_limit=1, hard_time_limit=4)
+def read_forever(port: int) -> str:
+    """Connect to 127.0.0.1:port and wait for a reply that never comes."""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        return conn.recv(1).decode()
+
+
+@task(retries=1, soft_time_limit=0.5, hard_time_limit=2)
+def ignore_soft_limit(seconds: float) -> str:
+    """Catch the soft time limit and keep going, as a badly written task would."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except TaskTimeout:
+            pass
+    return "finished"
+
+
+@task(retries=0, soft_time_limit=1, hard_time_limit=30)
+def busy_loop(seconds: float) -> str:
+    """Run Python code (not one long C call) for `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "finished"

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from tshjobs.audit import log_write_failure
 from tshjobs.queue import get_huey, import_task_modules
 from tshjobs.settings import Settings
+from tshjobs.spool import drain_forever
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ def _unblock_consumer_signals() -> None:
 
 def run_consumer(settings: Settings, workers=None, worker_type=None, periodic=True):
     """Run a consumer until a signal stops it."""
+    # Import the codec that name lookups load lazily, so that no thread of
+    # this process is importing it when the consumer forks a worker.
+    import encodings.idna  # noqa: F401
+
     huey = get_huey(settings)
     import_task_modules(settings)
     consumer = huey.create_consumer(
@@ -83,21 +88,28 @@ def run_consumer(settings: Settings, workers=None, worker_type=None, periodic=Tr
     os.register_at_fork(after_in_child=_unblock_consumer_signals)
     start = consumer.start
 
+    stop = threading.Event()
+    recovery = threading.Thread(
+        target=_recover_forever, args=(huey, stop), name="tshjobs-recovery"
+    )
+    recovery.daemon = True
+    spool_drain = threading.Thread(
+        target=drain_forever, args=(huey, stop), name="tshjobs-spool"
+    )
+    spool_drain.daemon = True
+
     def start_with_signals_held():
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, CONSUMER_SIGNALS)
         try:
             start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        # Started after the workers fork: a thread inside an import or a
+        # Redis call at fork time leaves its lock held in the child forever.
+        recovery.start()
+        spool_drain.start()
 
     consumer.start = start_with_signals_held
-
-    stop = threading.Event()
-    recovery = threading.Thread(
-        target=_recover_forever, args=(huey, stop), name="tshjobs-recovery"
-    )
-    recovery.daemon = True
-    recovery.start()
     try:
         consumer.run()
     finally:

@@ -6,6 +6,8 @@ errors split into `TemporaryError` (the task is retried under its policy) and
 person to retry it).
 """
 
+from huey.exceptions import TaskTimeout
+
 
 class TshjobsError(Exception):
     """Base class of every error raised by tshjobs."""
@@ -62,6 +64,11 @@ class UnknownTask(TshjobsError):
     """Raised when a task name is not registered with the queue."""
 
 
+class QueueUnavailable(TshjobsError):
+    """Raised when a task cannot be queued: Redis is unreachable and
+    TSHJOBS_SPOOL_WHEN_REDIS_DOWN is false, or the spool cannot be written."""
+
+
 class NotRetryable(TshjobsError):
     """Raised when a person asks to retry a task whose state does not allow it
     (only failed, expired and revoked tasks can be retried)."""
@@ -70,13 +77,16 @@ class NotRetryable(TshjobsError):
 def is_temporary(exc: BaseException) -> bool:
     """Tell whether a task that raised `exc` may succeed if run again.
 
-    Our own errors say so by class. Of the rest, only connection-level
-    failures count as temporary (a refused or dropped connection, a timeout,
-    a locked or unreachable database); anything else is a bug or bad data,
-    and retrying it would only repeat the failure.
+    Our own errors say so by class. Of the rest, only a task that ran past
+    its soft time limit and connection-level failures count as temporary (a
+    refused or dropped connection, a timeout, a locked or unreachable
+    database). Anything else is a bug or bad data, and retrying it would only
+    repeat the failure.
     """
     if isinstance(exc, TaskError):
         return isinstance(exc, TemporaryError)
+    if isinstance(exc, TaskTimeout):
+        return True
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     module = type(exc).__module__

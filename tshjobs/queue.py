@@ -14,7 +14,6 @@ import functools
 import importlib
 import json
 import logging
-import random
 import threading
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from huey import signals as S
 from huey.api import Task
 from huey.exceptions import HueyException
 
-from tshjobs import errors
+from tshjobs import errors, spool
 from tshjobs.arguments import argument_check, check_json
 from tshjobs.audit import (
     RETRYABLE_STATES,
@@ -36,6 +35,7 @@ from tshjobs.audit import (
 from tshjobs.serializer import SignedSerializer
 from tshjobs.settings import Settings, get_settings
 from tshjobs.storage import ReliableRedisStorage
+from tshjobs.worker import WorkerMixin, retry_delay
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class EnqueuedTask:
         return self.id
 
 
-class ApplianceHuey(Huey):
+class ApplianceHuey(WorkerMixin, Huey):
     """A Huey whose storage, serializer and audit log come from Settings.
 
     They are built on first use, or again by `configure()`: the task
@@ -68,9 +68,6 @@ class ApplianceHuey(Huey):
         self.signal()(_log_signal)
         self.signal(S.SIGNAL_INTERRUPTED)(self._mark_interrupted)
 
-    def _mark_interrupted(self, signal, task, *args):
-        self._worker.interrupted = True
-
     @property
     def reliable(self) -> bool:
         """Whether a task dequeued by a worker that dies is recovered."""
@@ -82,6 +79,10 @@ class ApplianceHuey(Huey):
     def enqueue(self, task):
         """Enqueue `task` and return an `EnqueuedTask` naming its id.
 
+        With Redis storage the push has timeouts of tens of milliseconds, and
+        a task that Redis does not take goes to the local spool, to be
+        delivered in order once Redis is back (see `tshjobs.spool`). With
+        TSHJOBS_SPOOL_WHEN_REDIS_DOWN=false it raises QueueUnavailable instead.
         Results are not kept in the queue's storage (the audit log keeps each
         task's outcome), so there is no Huey Result to return.
         """
@@ -89,73 +90,26 @@ class ApplianceHuey(Huey):
         if check_arguments is not None:
             check_arguments(task.args, task.kwargs)
         check_json(task.name, task.args, task.kwargs)
-        super().enqueue(task)
+
+        spooled_because = None
+        if self._immediate or not spool.uses_redis(self):
+            super().enqueue(task)
+        else:
+            # The steps of Huey.enqueue, with the push to Redis replaced.
+            if task.expires:
+                task.resolve_expires(self.utc)
+            self._emit(S.SIGNAL_ENQUEUED, task)
+            data = self.serialize_task(task)
+            spooled_because = spool.push_or_spool(self, task.id, data, task.priority)
 
         name = full_name(self, task)
         try:
-            self.audit.record_enqueued(task.id, name, task.args, task.kwargs, self.name)
+            self.audit.record_enqueued(task.id, name, task.args, task.kwargs,
+                                       self.name, spooled_because=spooled_because)  # fmt: skip
         except Exception:  # noqa: BLE001 - logged by log_write_failure
             # The task is queued; the consumer writes its row when it starts.
             log_write_failure(task.id, "enqueued")
         return EnqueuedTask(task.id, name)
-
-    def dequeue(self):
-        """Take the next task; with reliable storage it stays in this worker's
-        in-flight list until `execute` has finished with it."""
-        data = self.storage.dequeue()
-        if data is None:
-            return None
-
-        try:
-            task = self.deserialize_task(data)
-        except Exception:
-            # Unsigned or unknown tasks are logged and dropped, not redelivered.
-            self._ack(data)
-            raise
-        self._worker.inflight = data
-        self._worker.interrupted = False
-        return task
-
-    def execute(self, task, timestamp=None):
-        try:
-            return super().execute(task, timestamp)
-        finally:
-            data = getattr(self._worker, "inflight", None)
-            self._worker.inflight = None
-            if data is not None and getattr(self._worker, "interrupted", False):
-                self.storage.requeue(data)
-                logger.warning("Task %s interrupted; put back on the queue", task.id,
-                               extra={"task_id": task.id})  # fmt: skip
-            elif data is not None:
-                self._ack(data)
-
-    def _ack(self, data) -> None:
-        ack = getattr(self.storage, "ack", None)
-        if ack is not None:
-            ack(data)
-
-    def deserialize_task(self, data):
-        """Load a dequeued task. One whose name this process does not know
-        is lost to Huey, so it is marked failed in the audit log, where it
-        can be retried once its module is in TSHJOBS_TASK_MODULES."""
-        try:
-            return super().deserialize_task(data)
-        except HueyException as exc:
-            message = self.serializer.deserialize(data)
-            logger.error("Dropped task %s: %s", message.id, exc,
-                         extra={"task_id": message.id})  # fmt: skip
-            try:
-                self.audit.record_enqueued(message.id, message.name, message.args,
-                                           message.kwargs, self.name)  # fmt: skip
-                self.audit.record_failed(
-                    message.id,
-                    f"UnknownTask: {message.name} is not registered in this "
-                    "consumer; add its module to TSHJOBS_TASK_MODULES",
-                    "",
-                )
-            except Exception:  # noqa: BLE001 - logged by log_write_failure
-                log_write_failure(message.id, "unknown task")
-            raise
 
     def configure(self, settings: Settings) -> None:
         self._settings = settings
@@ -245,16 +199,6 @@ def audit_log(settings: Settings | None = None) -> AuditLog:
     return get_huey(settings).audit
 
 
-def retry_delay(delays: tuple[float, ...], retry_number: int, jitter: float) -> float:
-    """Seconds to wait before retry `retry_number` (0 for the first): the
-    configured delay for that retry, the last one repeating, spread by
-    +/- `jitter` so that tasks failing together do not retry together."""
-    if not delays:
-        return 0.0
-    base = delays[min(retry_number, len(delays) - 1)]
-    return max(0.0, base * (1 + random.uniform(-jitter, jitter)))
-
-
 _current_task: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
     "current_task", default=None
 )
@@ -266,11 +210,18 @@ def current_task_id() -> str:
     return running.id if running is not None else ""
 
 
-def task(retries: int = 3, **huey_options):
-    """Declare a task with the appliance's retry policy.
+def task(
+    retries: int = 3,
+    soft_time_limit: float | None = None,
+    hard_time_limit: float | None = None,
+    **huey_options,
+):
+    """Declare a task with the appliance's retry policy and time limits.
 
     Calls are checked against `fn`'s signature when they are enqueued (see
-    `tshjobs.arguments`), so bad arguments fail in the caller.
+    `tshjobs.arguments`), so bad arguments fail in the caller. The time
+    limits default to TSHJOBS_SOFT_TIME_LIMIT and TSHJOBS_HARD_TIME_LIMIT
+    (see `tshjobs.timelimits`).
 
     A `TemporaryError` (or a connection-level OSError) is retried up to
     `retries` times, waiting as TSHJOBS_RETRY_DELAYS sets. Any other exception
@@ -300,6 +251,8 @@ def task(retries: int = 3, **huey_options):
             retries=retries,
             context=True,
             check_arguments=staticmethod(argument_check(fn)),
+            soft_time_limit=soft_time_limit,
+            hard_time_limit=hard_time_limit,
             **huey_options,
         )(run)
 

@@ -52,6 +52,12 @@ class Settings:
         "redis://host:port/db of the queue. Empty: the SQLite queue in the "
         "data directory.",
     )
+    spool_when_redis_down: bool = _setting(
+        True,
+        "When Redis is unreachable, keep new tasks in spool.db in the data "
+        "directory and deliver them in order once it is back (true), or raise "
+        "QueueUnavailable in the caller (false).",
+    )
     queue_name: str = _setting("tshjobs", "Name of the Huey queue.")
     erp_database_url: str = _setting(
         "",
@@ -78,7 +84,11 @@ class Settings:
     )
     company_name: str = _setting("TSH", "Company name shown in emails.")
     workers: int = _setting(4, "Number of consumer workers (1 to 64).")
-    worker_type: str = _setting("thread", "Consumer worker type: thread or process.")
+    worker_type: str = _setting(
+        "process",
+        "Consumer worker type: process, or thread (thread workers cannot be "
+        "stopped at the hard time limit).",
+    )
     retry_delays: tuple[float, ...] = _setting(
         (60.0, 120.0, 240.0),
         "Comma-separated seconds before the first, second, ... retry of a "
@@ -86,6 +96,16 @@ class Settings:
     )
     retry_jitter: float = _setting(
         0.1, "Random share (0 to 1) added to or taken off each retry delay."
+    )
+    soft_time_limit: float = _setting(
+        240.0,
+        "Seconds a task may run before TaskTimeout is raised in it; it is then "
+        "retried under its policy. A task can set its own.",
+    )
+    hard_time_limit: float = _setting(
+        300.0,
+        "Seconds a task may run before its process worker is ended; more than "
+        "the soft limit. A task can set its own.",
     )
     management_emails: tuple[str, ...] = _setting(
         (), "Comma-separated addresses that receive the reports."
@@ -244,6 +264,8 @@ def _check_value(name: str, value) -> str | None:
         return "must be from 1 to 65535"
     if name == "smtp_timeout" and not 0 < value <= 600:
         return "must be more than 0 and at most 600 seconds"
+    if name in ("soft_time_limit", "hard_time_limit") and not 0 < value <= 86400:
+        return "must be more than 0 and at most 86400 seconds"
     if name == "retry_jitter" and not 0 <= value <= 1:
         return "must be from 0 to 1"
     if name == "log_level" and value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -318,6 +340,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             problems.append(f"{name}={shown} is invalid: {problem}")
             continue
         values[item.name] = value
+
+    soft = values.get("soft_time_limit", Settings.soft_time_limit)
+    hard = values.get("hard_time_limit", Settings.hard_time_limit)
+    if not problems and soft >= hard:
+        problems.append(
+            f"TSHJOBS_SOFT_TIME_LIMIT={soft:g} is invalid: must be less than "
+            f"TSHJOBS_HARD_TIME_LIMIT={hard:g}, so the task can clean up first"
+        )
 
     if problems:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems))

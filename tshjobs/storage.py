@@ -120,14 +120,15 @@ class ReliableRedisStorage(RedisStorage):
         except TimeoutError:
             return None
 
-    def ack(self, data: bytes) -> None:
-        """Forget a dequeued task: Huey is done with it."""
-        self.conn.lrem(self.inflight_key(), 1, data)
+    def ack(self, data: bytes, key: str | None = None) -> None:
+        """Forget a dequeued task: Huey is done with it. `key` is the
+        in-flight list, by default the calling thread's."""
+        self.conn.lrem(key or self.inflight_key(), 1, data)
 
-    def requeue(self, data: bytes) -> None:
+    def requeue(self, data: bytes, key: str | None = None) -> None:
         """Put a dequeued task back at the dequeue end of the queue."""
         pipe = self.conn.pipeline()
-        pipe.lrem(self.inflight_key(), 1, data)
+        pipe.lrem(key or self.inflight_key(), 1, data)
         pipe.rpush(self.queue_key, data)
         pipe.execute()
 
