@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests import sample_tasks
 from tests.consumers import ConsumerProcess, wait_for_state
@@ -306,9 +305,10 @@ def test_enqueue_with_audit_locked_still_queues(queue_env, audit, tmp_path):
 @pytest.mark.parametrize("queue_env", ["redis"], indirect=True)
 def test_failed_enqueue_leaves_no_queued_row(queue_env, audit, monkeypatch):
     monkeypatch.setenv("TSHJOBS_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.setenv("TSHJOBS_SPOOL_WHEN_REDIS_DOWN", "false")
     get_huey(load_settings())
 
-    with pytest.raises(redis.exceptions.ConnectionError):
+    with pytest.raises(errors.QueueUnavailable):
         sample_tasks.add(1, 1)
 
     assert audit.search() == []

@@ -85,10 +85,11 @@ def test_killed_process_worker_task_recovered(env, audit, tmp_path):
 
 def test_graceful_stop_finishes_running_task(env, audit, tmp_path):
     consumer = ConsumerProcess(env, tmp_path / "consumer.log").start()
-    task_id = sample_tasks.sleep(1.5).id
-    wait_for_state(audit, task_id, "running")
-
-    consumer.stop()
+    try:
+        task_id = sample_tasks.sleep(1.5).id
+        wait_for_state(audit, task_id, "running")
+    finally:
+        consumer.stop()
 
     row = audit.get(task_id)
     assert row["state"] == "succeeded"

@@ -129,7 +129,7 @@ CREATE TABLE IF NOT EXISTS operator_actions (
 """
 
 # The retry buffer. `at` is the time of the first attempt, which a replay
-# writes into the audit rows; `arguments` is JSON: {"args": [...],
+# writes into the audit rows. `arguments` is the JSON object {"args": [...],
 # "kwargs": {...}}. AUTOINCREMENT keeps ids, and so the replay order, rising.
 RETRY_SCHEMA = """
 CREATE TABLE IF NOT EXISTS kept_writes (
@@ -209,9 +209,9 @@ class AuditWriteDeferred(sqlite3.OperationalError):
     kept in the retry buffer, to be replayed later."""
 
 
-# The state of the audit write running in this thread: `active` is true inside
-# a writer or a replay, so nested writer calls run plainly, and `at` is the
-# time that the write stores (the first attempt's time when replaying).
+# The audit write running in this thread. `active` is true inside a writer or
+# a replay, so that nested writer calls run plainly. `at` is the time that the
+# write stores, which is the first attempt's time when replaying.
 _writes = threading.local()
 
 # Names of the writers that a replay may call.
@@ -293,8 +293,8 @@ class AuditRetryBuffer:
         return conn
 
     def append(self, at, method, args, kwargs, task_id, error, failed) -> None:
-        """Keep one write. `failed` says that `error` is a database error,
-        which `backlog()` then reports as the last error."""
+        """Keep one write. `failed` marks `error` as a database error, which
+        `backlog()` then reports as the last error."""
         arguments = json.dumps(
             {"args": list(args), "kwargs": dict(kwargs)},
             ensure_ascii=False,
@@ -360,8 +360,9 @@ class AuditLog:
         self.path = Path(path)
         self._local = threading.local()
         self.retry_buffer = AuditRetryBuffer(retry_buffer_path(self.path))
-        # The pid of this process while it has writes in the retry buffer
-        # that no replay has found gone yet; guarded by _kept_writes_lock.
+        # The pid of this process while it may have writes in the retry
+        # buffer. A replay that finds the buffer empty clears it. Guarded by
+        # _kept_writes_lock.
         self._kept_pid: int | None = None
         self._replay_failing = False
         create_group_writable(self.path)
@@ -394,7 +395,7 @@ class AuditLog:
         _insert_event(self._conn(), task_id, event, detail)
 
     # The retry buffer. Writers decorated with _kept_for_retry call
-    # _write_in_order; replays run from the consumer's periodic thread and
+    # _write_in_order. Replays run in the consumer's periodic thread, and
     # before the next write of a process with kept writes.
 
     def _has_kept_writes(self) -> bool:
@@ -447,7 +448,8 @@ class AuditLog:
         try:
             self.replay_pending(REPLAY_LIMIT_BEFORE_WRITE, conn, busy_timeout)
         except sqlite3.Error:
-            # The buffer cannot be read; the write goes ahead on its own.
+            # The write is then kept behind the others, or written at once
+            # when the buffer cannot take it either.
             _log_keep_failure(None, method_name)
 
     def replay_pending(self, limit: int | None = None, conn=None,
@@ -473,8 +475,9 @@ class AuditLog:
         try:
             with _busy_timeout(conn, busy_timeout):
                 while limit is None or seen < limit:
-                    size = REPLAY_BATCH if limit is None else min(REPLAY_BATCH,
-                                                                  limit - seen)  # fmt: skip
+                    size = REPLAY_BATCH
+                    if limit is not None:
+                        size = min(size, limit - seen)
                     batch_applied, fetched = self._replay_batch(conn, size)
                     applied += batch_applied
                     seen += fetched
@@ -500,8 +503,9 @@ class AuditLog:
         many were applied and how many were read from the buffer."""
         buffer_conn = self.retry_buffer.connection()
         # Every replay locks the audit database first, then the buffer, and
-        # holds both until its kept writes are deleted. So replays cannot
-        # deadlock, and no two apply the same kept writes.
+        # holds both until its kept writes are deleted. With one lock order,
+        # replays never wait on each other in a cycle, and no two replays
+        # apply the same kept writes.
         conn.execute("BEGIN IMMEDIATE")
         try:
             buffer_conn.execute("BEGIN IMMEDIATE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -20,6 +21,9 @@ logger = logging.getLogger(__name__)
 # HUP restarts.
 CONSUMER_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
+
+# prctl(2) option that sends a signal to this process when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 # Seconds between scans for tasks held by workers that died.
 RECOVERY_INTERVAL = 10.0
@@ -58,8 +62,16 @@ def _recover_forever(huey, stop: threading.Event) -> None:
             return
 
 
-def _unblock_consumer_signals() -> None:
+def _prepare_worker_process(consumer_pid: int) -> None:
+    """Set up a forked worker: take the stop signals again, and die with the
+    consumer. A worker left behind by a consumer killed with SIGKILL would
+    go on taking tasks with nobody to stop it."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, CONSUMER_SIGNALS)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        logger.warning("Worker %d cannot follow its consumer's exit", os.getpid())
+    if os.getppid() != consumer_pid:
+        os._exit(1)  # the consumer died before prctl took effect
 
 
 def run_consumer(settings: Settings, workers=None, worker_type=None, periodic=True):
@@ -85,7 +97,8 @@ def run_consumer(settings: Settings, workers=None, worker_type=None, periodic=Tr
     # worker. A SIGINT arriving before that would kill the main process and
     # leave process workers running, so the signals are held back until the
     # handlers exist. Forked workers must not inherit the blocked mask.
-    os.register_at_fork(after_in_child=_unblock_consumer_signals)
+    consumer_pid = os.getpid()
+    os.register_at_fork(after_in_child=lambda: _prepare_worker_process(consumer_pid))
     start = consumer.start
 
     stop = threading.Event()

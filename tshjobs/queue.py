@@ -104,8 +104,14 @@ class ApplianceHuey(WorkerMixin, Huey):
 
         name = full_name(self, task)
         try:
-            self.audit.record_enqueued(task.id, name, task.args, task.kwargs,
-                                       self.name, spooled_because=spooled_because)  # fmt: skip
+            self.audit.record_enqueued(
+                task.id,
+                name,
+                task.args,
+                task.kwargs,
+                self.name,
+                spooled_because=spooled_because,
+            )
         except Exception:  # noqa: BLE001 - logged by log_write_failure
             # The task is queued; the consumer writes its row when it starts.
             log_write_failure(task.id, "enqueued")

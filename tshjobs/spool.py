@@ -41,12 +41,15 @@ logger = logging.getLogger(__name__)
 SPOOL_FILE = "spool.db"
 
 # Seconds the producer's Redis client waits to connect, and for each reply. A
-# refused or reset connection is retried once at once (a pooled connection
-# goes stale when Redis restarts); a timeout is not retried. Only pushes use
-# this client: the consumer's blocking BLMOVE keeps its own client, whose read
-# timeout is longer than the BLMOVE block time.
-# NOTE: resolving a host name in TSHJOBS_REDIS_URL is not bounded by these
-# timeouts; use an IP address where a slow DNS server could stall the ERP.
+# refused or reset connection is retried once at once, because a pooled
+# connection goes stale when Redis restarts; a timeout is not retried. Only
+# pushes use this client. The consumer's blocking BLMOVE keeps the queue
+# storage's client, whose read timeout (5 s, the default of redis-py 8.2) is
+# longer than the BLMOVE block time (1 s, Huey's default read_timeout).
+# NOTE: these timeouts do not bound the DNS lookup of a host name in
+# TSHJOBS_REDIS_URL. Use an IP address where a slow DNS server could stall the
+# ERP. A push whose reply is lost or late after Redis took it is pushed again
+# or spooled, so that task runs twice; the appliance's tasks tolerate that.
 PRODUCER_CONNECT_TIMEOUT = 0.05
 PRODUCER_SOCKET_TIMEOUT = 0.1
 
@@ -64,7 +67,7 @@ PRODUCER_DRAIN_LIMIT = 1000
 # writes.
 DRAIN_INTERVAL = 2.0
 
-# Dropped rows logged one by one per drain; the rest are only counted.
+# The number of dropped rows that a drain logs one by one. It counts the rest.
 DROPPED_ROWS_LOGGED = 5
 
 REASON_REDIS_DOWN = "Redis unavailable"
@@ -86,8 +89,8 @@ CREATE INDEX IF NOT EXISTS spooled_tasks_queue ON spooled_tasks (queue, id);
 
 @dataclass
 class DrainResult:
-    """What one drain did: rows pushed to Redis, and rows dropped because
-    their message is not validly signed."""
+    """Counts of one drain: rows pushed to Redis, and rows dropped because
+    their message cannot be read (unsigned, or signed with another key)."""
 
     delivered: int = 0
     dropped: int = 0
@@ -109,7 +112,8 @@ class TaskSpool:
                 self.path, timeout=SPOOL_BUSY_TIMEOUT, isolation_level=None
             )
             conn.execute("PRAGMA journal_mode=WAL")
-            # A spooled row is the only copy of its task: fsync each commit.
+            # FULL syncs the WAL at every commit, because a spooled row is the
+            # only copy of its task.
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(SCHEMA)
             self._local.conn = conn
@@ -137,8 +141,8 @@ class TaskSpool:
         return row.fetchone()[0]
 
     def drain(self, queue: str, push, check, limit: int | None = None):
-        """Push spooled rows oldest first with `push(data, priority)` and
-        delete them; return a DrainResult. `check(data)` raises for a message
+        """Push spooled rows oldest first with `push(data, priority)`, delete
+        them, and return a DrainResult. `check(data)` raises for a message
         that must not be pushed, which is then dropped with an error logged.
 
         A RedisError from `push` stops the drain and is raised. The rows
@@ -158,8 +162,8 @@ class TaskSpool:
         return result
 
     def _drain_batch(self, queue, push, check, size, result):
-        """Drain up to `size` rows in one transaction; return the RedisError
-        that stopped it, or None, and the number of rows read."""
+        """Drain up to `size` rows in one transaction. Return the RedisError
+        that stopped it (or None) and the number of rows read."""
         conn = self.connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -240,6 +244,7 @@ def get_spool(settings: Settings) -> TaskSpool:
 
 
 def uses_redis(huey) -> bool:
+    """Tell whether `huey` queues in Redis, the storage that spooling covers."""
     return isinstance(huey.storage, RedisStorage)
 
 
@@ -261,14 +266,13 @@ def producer_storage(huey):
             )
             # Non-blocking, so that a dequeue by mistake cannot wait longer
             # than the socket timeout.
-            producer = type(storage)(storage.name, blocking=False,
-                                     connection_pool=pool)  # fmt: skip
+            producer = type(storage)(storage.name, blocking=False, connection_pool=pool)
             _producers[storage] = producer
     return producer
 
 
-# Tasks this process spooled since its last push to Redis succeeded; the
-# warning is logged when the count leaves 0, the info line when it returns.
+# Tasks this process spooled since its last successful push to Redis. The
+# warning is logged when the count leaves 0, and the info line when it returns.
 _spooled_in_outage = 0
 
 
@@ -374,7 +378,7 @@ def _drain(huey, spool: TaskSpool, producer, limit: int | None) -> DrainResult:
 def drain_spool(huey, limit: int | None = None) -> int:
     """Push the tasks spooled for `huey`'s queue to its storage, oldest first,
     and return how many were pushed. Raise RedisError when Redis is still
-    unreachable; the rows pushed before that are gone from the spool."""
+    unreachable. The rows pushed before the error are deleted from the spool."""
     path = spool_path(huey.settings)
     if not path.exists():
         return 0
@@ -388,23 +392,31 @@ def drain_spool(huey, limit: int | None = None) -> int:
 def drain_forever(huey, stop: threading.Event) -> None:
     """Drain the spool and replay kept audit writes now and every
     DRAIN_INTERVAL seconds, until `stop` is set. Runs in a consumer thread."""
-    redis_down = False
+    redis_down = replay_broken = False
     while True:
         try:
             drain_spool(huey)
             redis_down = False
         except RedisError as exc:
             if not redis_down:
-                logger.warning("Spool drain failed, Redis unavailable: %s; "
-                               "retrying every %.0f s", exc, DRAIN_INTERVAL)  # fmt: skip
+                logger.warning(
+                    "Spool drain failed, Redis unavailable: %s; retrying every %.0f s",
+                    exc,
+                    DRAIN_INTERVAL,
+                )
             redis_down = True
         except sqlite3.Error:
             _log_spool_error("drain", None)
 
+        # replay_pending logs the failures that may pass itself.
         try:
             huey.audit.replay_pending()
+            replay_broken = False
         except sqlite3.Error:
-            logger.exception("Replaying kept audit writes failed")
+            if not replay_broken:
+                logger.exception("Replaying kept audit writes failed; retrying "
+                                 "every %.0f s", DRAIN_INTERVAL)  # fmt: skip
+            replay_broken = True
 
         if stop.wait(DRAIN_INTERVAL):
             return
