@@ -3,7 +3,9 @@
 Each call enqueues and returns at once, e.g. `send_order_confirmation_email(42)`.
 Every task is idempotent through the sent log (`tshjobs.outbox`): a kind of
 email goes at most once to an entity, so a retry or a redelivered task sends
-nothing twice. Pass `force=True` to send a repeat on purpose.
+nothing twice. The exception is a connection that drops after the message
+data and before the server's reply, which can deliver twice (see NOTE in
+`deliver` and docs/reliability.md). Pass `force=True` to send a repeat.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class MissingEmailAddress(PermanentError):
 
 
 class SmtpTemporaryError(TemporaryError):
-    """Raised when the SMTP server answered 4xx, dropped the connection or
+    """Raised when the SMTP server replied 4xx, dropped the connection or
     timed out."""
 
 
@@ -70,8 +70,8 @@ class QueueUnavailable(TshjobsError):
 
 
 class NotRetryable(TshjobsError):
-    """Raised when a person asks to retry a task whose state does not allow it
-    (only failed, expired and revoked tasks can be retried)."""
+    """Raised when a person requests a retry of a task whose state does not
+    allow it (only failed, expired and revoked tasks can be retried)."""
 
 
 def is_temporary(exc: BaseException) -> bool:
