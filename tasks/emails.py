@@ -2,10 +2,12 @@
 
 Each call enqueues and returns at once, e.g. `send_order_confirmation_email(42)`.
 Every task is idempotent through the sent log (`tshjobs.outbox`): a kind of
-email goes at most once to an entity, so a retry or a redelivered task sends
-nothing twice. The exception is a connection that drops after the message
-data and before the server's reply, which can deliver twice (see NOTE in
-`deliver` and docs/reliability.md). Pass `force=True` to send a repeat.
+email goes once to an entity, so a retry or a redelivered task sends nothing
+twice. The one exception is an attempt that stopped after the message data
+went to the SMTP server and before its reply (a worker killed, a connection
+lost): SMTP cannot tell whether the server stored it, so the next attempt
+sends it again with the same Message-ID (TSHJOBS_EMAIL_RESEND_UNCERTAIN).
+Pass `force=True` to send a repeat.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ def deliver(
     log = sent_log(settings)
     task_id = current_task_id()
 
-    if not log.claim(kind, entity_id, task_id, force=force):
+    claim = log.claim(kind, entity_id, task_id, force=force,
+                      resend_uncertain=settings.email_resend_uncertain)  # fmt: skip
+    if claim is None:
         record = log.get(kind, entity_id)
         logger.info(
             "Skipped %s email for %s: already sent as %s",
@@ -76,27 +80,34 @@ def deliver(
     try:
         message = build(erp_repository(settings), settings)
     except BaseException:
-        log.release(kind, entity_id, task_id)
+        log.release(claim)
         raise
 
+    if claim.message_id:
+        # An earlier attempt may have delivered this email. The copy keeps
+        # its Message-ID, so a mail system that drops duplicate Message-IDs
+        # keeps one of the two.
+        message.replace_header("Message-ID", claim.message_id)
     recipient = str(message["To"])
     message_id = str(message["Message-ID"])
-    log.mark_sending(kind, entity_id, task_id, recipient, message_id)
     try:
-        get_sender(settings).send(message)
-    except BaseException:
-        # NOTE: a connection that drops after the final "." of DATA but before
-        # the server's reply counts as not delivered here, so that message
-        # could arrive twice. Servers rarely fail at exactly that point.
-        log.release(kind, entity_id, task_id)
+        get_sender(settings).send(
+            message, before_data=lambda: log.mark_sending(claim, recipient, message_id)
+        )
+    except BaseException as exc:
+        log.release(claim, maybe_delivered=getattr(exc, "maybe_delivered", False))
         raise
 
-    log.mark_sent(kind, entity_id, task_id)
+    log.mark_sent(claim)
     logger.info(
-        "Sent %s email for %s to %s as %s",
-        kind, entity_id, recipient, message_id, extra={"task_id": task_id},
+        "Sent %s email for %s to %s as %s%s",
+        kind, entity_id, recipient, message_id,
+        " again: an earlier attempt may have delivered it"
+        if claim.maybe_delivered else "",
+        extra={"task_id": task_id},
     )  # fmt: skip
-    return f"sent to {recipient} as {message_id}"
+    again = " (again, same Message-ID)" if claim.maybe_delivered else ""
+    return f"sent to {recipient} as {message_id}{again}"
 
 
 @task(retries=EMAIL_RETRIES)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
 import threading
 import time
 
 import pytest
 
-from tshjobs import outbox
+from tshjobs import liveness, outbox
+from tshjobs.liveness import current_holder
 from tshjobs.outbox import DeliveryUnknown, SendInProgress, SentLog
 
 
@@ -16,104 +19,203 @@ def log(tmp_path):
     return SentLog(tmp_path / "tshjobs.db")
 
 
-def send(log, task_id, kind="invoice", entity_id=7):
-    log.mark_sending(kind, entity_id, task_id, "a@example.com", "<m@x>")
-    log.mark_sent(kind, entity_id, task_id)
+def holder_of(process: subprocess.Popen) -> str:
+    """Return a holder id naming `process`, as if it held a claim."""
+    own = current_holder().split("|")
+    start = liveness._start_time(process.pid)
+    return "|".join([own[0], own[1], str(process.pid), start, "1"])
+
+
+@pytest.fixture
+def live_holder():
+    process = subprocess.Popen(["sleep", "60"])
+    yield holder_of(process)
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def dead_holder():
+    process = subprocess.Popen(["sleep", "60"])
+    holder = holder_of(process)
+    process.kill()
+    process.wait()
+    return holder
+
+
+def send(log, claim, message_id="<m@x>"):
+    log.mark_sending(claim, "a@example.com", message_id)
+    log.mark_sent(claim)
 
 
 def test_first_claim_wins_then_skips(log):
-    assert log.claim("invoice", 7, "task-1")
-    send(log, "task-1")
+    claim = log.claim("invoice", 7, "task-1")
+    send(log, claim)
 
-    assert not log.claim("invoice", 7, "task-2")
+    assert log.claim("invoice", 7, "task-2") is None
     record = log.get("invoice", 7)
     assert record.state == "sent"
     assert record.send_count == 1
     assert record.message_id == "<m@x>"
+    assert record.holder is None
 
 
-def test_force_sends_again(log):
-    log.claim("invoice", 7, "task-1")
-    send(log, "task-1")
+def test_force_sends_new_message(log):
+    send(log, log.claim("invoice", 7, "task-1"))
 
-    assert log.claim("invoice", 7, "task-2", force=True)
-    send(log, "task-2")
+    claim = log.claim("invoice", 7, "task-2", force=True)
+    assert claim.message_id is None
+    send(log, claim, "<m2@x>")
 
-    assert log.get("invoice", 7).send_count == 2
+    record = log.get("invoice", 7)
+    assert record.send_count == 2
+    assert record.message_id == "<m2@x>"
 
 
 def test_keys_are_per_kind_and_entity(log):
-    log.claim("invoice", 7, "task-1")
-    send(log, "task-1")
+    send(log, log.claim("invoice", 7, "task-1"))
 
     assert log.claim("invoice", 8, "task-2")
     assert log.claim("welcome", 7, "task-3")
 
 
-def test_claim_held_by_other_task_is_temporary(log):
-    log.claim("invoice", 7, "task-1")
+def test_claim_of_live_holder_is_in_progress(log, live_holder):
+    log.claim("invoice", 7, "task-1", holder=live_holder)
 
-    with pytest.raises(SendInProgress):
+    with pytest.raises(SendInProgress, match="being prepared by task task-1"):
         log.claim("invoice", 7, "task-2")
 
 
-def test_same_task_may_claim_again(log):
+def test_same_holder_may_claim_again(log):
     assert log.claim("invoice", 7, "task-1")
     assert log.claim("invoice", 7, "task-1")
+
+
+def test_other_copy_of_task_waits_for_live_holder(log, live_holder):
+    log.claim("invoice", 7, "task-1", holder=live_holder)
+
+    with pytest.raises(SendInProgress):
+        log.claim("invoice", 7, "task-1")
+
+
+def test_claim_of_dead_holder_taken_over(log, dead_holder):
+    log.claim("invoice", 7, "task-1", holder=dead_holder)
+
+    claim = log.claim("invoice", 7, "task-1")
+    assert claim.holder == current_holder()
+    assert not claim.maybe_delivered
+    assert claim.message_id is None
 
 
 def test_release_lets_a_retry_send(log):
-    log.claim("invoice", 7, "task-1")
-    log.mark_sending("invoice", 7, "task-1", "a@example.com", "<m@x>")
-    log.release("invoice", 7, "task-1")
+    claim = log.claim("invoice", 7, "task-1")
+    log.release(claim)
 
     assert log.get("invoice", 7) is None
     assert log.claim("invoice", 7, "task-2")
 
 
 def test_release_after_forced_repeat_keeps_sent(log):
-    log.claim("invoice", 7, "task-1")
-    send(log, "task-1")
-    log.claim("invoice", 7, "task-2", force=True)
-    log.release("invoice", 7, "task-2")
+    send(log, log.claim("invoice", 7, "task-1"))
+    log.release(log.claim("invoice", 7, "task-2", force=True))
 
-    assert log.get("invoice", 7).state == "sent"
-    assert not log.claim("invoice", 7, "task-3")
+    record = log.get("invoice", 7)
+    assert record.state == "sent"
+    assert record.message_id == "<m@x>"
+    assert log.claim("invoice", 7, "task-3") is None
 
 
-def test_stale_sending_is_delivery_unknown(log, monkeypatch):
-    log.claim("invoice", 7, "task-1")
-    log.mark_sending("invoice", 7, "task-1", "a@example.com", "<m@x>")
-    later = time.time() + outbox.STALE_CLAIM_SECONDS + 1
-    monkeypatch.setattr(outbox.time, "time", lambda: later)
+def test_dead_sender_resends_same_message_id(log, dead_holder):
+    claim = log.claim("invoice", 7, "task-1", holder=dead_holder)
+    log.mark_sending(claim, "a@example.com", "<m@x>")
+
+    again = log.claim("invoice", 7, "task-1")
+    assert again.maybe_delivered
+    assert again.message_id == "<m@x>"
+
+
+def test_dead_sender_without_resend_is_unknown(log, dead_holder):
+    claim = log.claim("invoice", 7, "task-1", holder=dead_holder)
+    log.mark_sending(claim, "a@example.com", "<m@x>")
 
     with pytest.raises(DeliveryUnknown, match="may have been delivered"):
-        log.claim("invoice", 7, "task-2")
-    assert log.claim("invoice", 7, "task-2", force=True)
+        log.claim("invoice", 7, "task-1", resend_uncertain=False)
+    forced = log.claim("invoice", 7, "task-1", resend_uncertain=False, force=True)
+    assert forced.message_id == "<m@x>"
 
 
-def test_stale_claim_is_taken_over(log, monkeypatch):
+def test_live_sender_in_progress_even_forced(log, live_holder):
+    claim = log.claim("invoice", 7, "task-1", holder=live_holder)
+    log.mark_sending(claim, "a@example.com", "<m@x>")
+
+    with pytest.raises(SendInProgress, match="being sent by task task-1"):
+        log.claim("invoice", 7, "task-2", force=True)
+
+
+def test_lost_reply_keeps_message_id(log):
+    claim = log.claim("invoice", 7, "task-1")
+    log.mark_sending(claim, "a@example.com", "<m@x>")
+    log.release(claim, maybe_delivered=True)
+
+    record = log.get("invoice", 7)
+    assert record.state == "claimed"
+    assert record.maybe_delivered
+    assert record.holder is None
+    again = log.claim("invoice", 7, "task-1")
+    assert again.message_id == "<m@x>"
+    assert again.maybe_delivered
+
+
+def test_failed_resend_keeps_uncertainty(log):
+    claim = log.claim("invoice", 7, "task-1")
+    log.mark_sending(claim, "a@example.com", "<m@x>")
+    log.release(claim, maybe_delivered=True)
+
+    # The resend is rejected before its data, which tells nothing about
+    # the first attempt.
+    log.release(log.claim("invoice", 7, "task-1"))
+
+    third = log.claim("invoice", 7, "task-1")
+    assert third.maybe_delivered
+    assert third.message_id == "<m@x>"
+
+
+def test_taken_over_claim_sends_nothing(log, dead_holder):
+    stale = log.claim("invoice", 7, "task-1", holder=dead_holder)
     log.claim("invoice", 7, "task-1")
+
+    with pytest.raises(SendInProgress, match="taken over"):
+        log.mark_sending(stale, "a@example.com", "<m@x>")
+
+
+def test_foreign_holder_waits_until_stale(log, monkeypatch):
+    foreign = "another-host|00000000|4242|12345|1"
+    log.claim("invoice", 7, "task-1", holder=foreign)
+
+    with pytest.raises(SendInProgress):
+        log.claim("invoice", 7, "task-2")
+
     later = time.time() + outbox.STALE_CLAIM_SECONDS + 1
     monkeypatch.setattr(outbox.time, "time", lambda: later)
-
-    assert log.claim("invoice", 7, "task-2")
-    assert log.get("invoice", 7).task_id == "task-2"
+    assert log.claim("invoice", 7, "task-2").task_id == "task-2"
 
 
 def test_concurrent_claims_one_winner(tmp_path):
     path = tmp_path / "tshjobs.db"
     SentLog(path)
     start = threading.Barrier(8)
+    done = threading.Barrier(8)
     outcomes = []
 
     def claim(number):
         log = SentLog(path)
         start.wait()
         try:
-            outcomes.append(log.claim("invoice", 7, f"task-{number}"))
+            outcomes.append(bool(log.claim("invoice", 7, f"task-{number}")))
         except SendInProgress:
             outcomes.append("in progress")
+        # Every claimant stays alive until all have tried.
+        done.wait()
 
     threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
     for thread in threads:
@@ -125,21 +227,27 @@ def test_concurrent_claims_one_winner(tmp_path):
     assert outcomes.count("in progress") == 7
 
 
-def test_own_sending_row_is_delivery_unknown(log):
-    log.claim("invoice", 7, "task-1")
-    log.mark_sending("invoice", 7, "task-1", "a@example.com", "<m@x>")
+def test_old_sent_log_gains_columns(tmp_path):
+    path = tmp_path / "tshjobs.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE email_sent_log (kind TEXT NOT NULL, entity_id TEXT NOT"
+            " NULL, state TEXT NOT NULL, task_id TEXT, recipient TEXT, message_id"
+            " TEXT, claimed_at REAL NOT NULL, sent_at REAL, send_count INTEGER NOT"
+            " NULL DEFAULT 0, PRIMARY KEY (kind, entity_id))"
+        )
+        conn.execute(
+            "INSERT INTO email_sent_log VALUES ('invoice', '7', 'sending', 'task-1',"
+            " 'a@example.com', '<m@x>', 1.0, NULL, 0)"
+        )
+    conn.close()
 
-    with pytest.raises(DeliveryUnknown):
-        log.claim("invoice", 7, "task-1")
-    assert log.claim("invoice", 7, "task-1", force=True)
+    log = SentLog(path)
 
-
-def test_fresh_sending_by_other_task_in_progress(log):
-    log.claim("invoice", 7, "task-1")
-    log.mark_sending("invoice", 7, "task-1", "a@example.com", "<m@x>")
-
-    with pytest.raises(SendInProgress):
-        log.claim("invoice", 7, "task-2", force=True)
+    record = log.get("invoice", 7)
+    assert record.holder is None
+    assert not record.maybe_delivered
+    assert log.claim("invoice", 7, "task-1").message_id == "<m@x>"
 
 
 def test_new_database_is_private(tmp_path):

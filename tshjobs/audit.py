@@ -763,12 +763,18 @@ class AuditLog:
         self._event(task_id, event, detail)
 
     @_kept_for_retry
-    def record_recovered(self, task_id: str, owner: str) -> None:
-        """Mark a task that a dead worker held as queued again."""
+    def record_recovered(self, task_id: str, owner: str, moved_at: float) -> None:
+        """Mark a task that a dead worker held as queued again, unless its row
+        changed since `moved_at`, when the task went back on the queue: a
+        worker may have run it since, and this write must not undo that."""
         with _transaction(self._conn()):
             self._execute(
-                "UPDATE tasks SET state = 'queued', updated_at = ? WHERE id = ?",
-                (_now(), task_id),
+                f"""
+                UPDATE tasks SET state = 'queued', updated_at = ?
+                WHERE id = ? AND updated_at <= ?
+                    AND state NOT IN ({", ".join("?" * len(FINAL_STATES))})
+                """,
+                (_now(), task_id, moved_at, *FINAL_STATES),
             )
             self._event(task_id, "recovered",
                         f"{owner} stopped; put back on the queue")  # fmt: skip

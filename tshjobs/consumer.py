@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from redis.exceptions import RedisError
 
@@ -34,6 +35,7 @@ def recover_inflight(huey) -> int:
     if not huey.reliable:
         return 0
 
+    moved_at = time.time()
     recovered = huey.storage.recover()
     for owner, data in recovered:
         try:
@@ -46,7 +48,7 @@ def recover_inflight(huey) -> int:
             message.id, owner, extra={"task_id": message.id},
         )  # fmt: skip
         try:
-            huey.audit.record_recovered(message.id, owner)
+            huey.audit.record_recovered(message.id, owner, moved_at)
         except Exception:  # noqa: BLE001 - logged by log_write_failure
             log_write_failure(message.id, "recovered")
     return len(recovered)

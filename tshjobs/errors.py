@@ -47,7 +47,13 @@ class MissingEmailAddress(PermanentError):
 
 class SmtpTemporaryError(TemporaryError):
     """Raised when the SMTP server replied 4xx, dropped the connection or
-    timed out."""
+    timed out. `maybe_delivered` is true when the connection broke after the
+    message data were sent and before the server's reply, so the server may
+    have stored the message."""
+
+    def __init__(self, message: str, *, maybe_delivered: bool = False):
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
 
 
 class SmtpPermanentError(PermanentError):

@@ -102,6 +102,10 @@ class ApplianceHuey(WorkerMixin, Huey):
             data = self.serialize_task(task)
             spooled_because = spool.push_or_spool(self, task.id, data, task.priority)
 
+        return EnqueuedTask(task.id, self.record_queued(task, spooled_because))
+
+    def record_queued(self, task, spooled_because: str | None = None) -> str:
+        """Write the audit row of a task just queued; return its name."""
         name = full_name(self, task)
         try:
             self.audit.record_enqueued(
@@ -115,7 +119,30 @@ class ApplianceHuey(WorkerMixin, Huey):
         except Exception:  # noqa: BLE001 - logged by log_write_failure
             # The task is queued; the consumer writes its row when it starts.
             log_write_failure(task.id, "enqueued")
-        return EnqueuedTask(task.id, name)
+        return name
+
+    def read_schedule(self, timestamp=None):
+        """Move the scheduled tasks that are due onto the queue.
+
+        Huey's scheduler enqueues what this returns. With reliable storage
+        the tasks move inside Redis instead, so this returns nothing: a
+        consumer killed halfway through leaves each task on the schedule or
+        on the queue."""
+        move = getattr(self.storage, "move_due_to_queue", None)
+        if move is None:
+            return super().read_schedule(timestamp)
+
+        if timestamp is None:
+            timestamp = self._get_timestamp()
+        for data in move(timestamp):
+            try:
+                task = self.deserialize_task(data)
+            except Exception:
+                logger.exception("A task moved from the schedule cannot be read")
+                continue
+            self._emit(S.SIGNAL_ENQUEUED, task)
+            self.record_queued(task)
+        return []
 
     def configure(self, settings: Settings) -> None:
         self._settings = settings

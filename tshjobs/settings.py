@@ -84,6 +84,12 @@ class Settings:
     )
     company_name: str = _setting("TSH", "Company name shown in emails.")
     workers: int = _setting(4, "Number of consumer workers (1 to 64).")
+    email_resend_uncertain: bool = _setting(
+        True,
+        "When an attempt stopped after an email's data went to the SMTP server "
+        "and before its reply, send it again with the same Message-ID (true), "
+        "or fail the task with DeliveryUnknown for a person to decide (false).",
+    )
     worker_type: str = _setting(
         "process",
         "Consumer worker type: process, or thread (thread workers cannot be "

@@ -4,8 +4,11 @@ Stock Huey pops a task off the Redis list, so a worker killed while it runs
 the task (OOM, `kill -9`, a power cut) loses it without a trace. Here the pop
 is a `BLMOVE` into an in-flight list of the worker's own, in one atomic Redis
 command, so there is no moment when the task is in neither list. The worker
-removes it from that list (`ack`) once Huey has finished with the task,
-retries and rescheduling included.
+removes it from that list (`ack`) once Huey has finished with the task. A
+failed attempt's retry goes on the schedule in the same transaction as that
+removal (`schedule_and_ack`), and due tasks move from the schedule to the
+queue inside Redis (`move_due_to_queue`), so no kill leaves a task twice or
+nowhere.
 
 Each process that takes tasks keeps a heartbeat key alive while it runs. A
 live consumer calls `recover()` now and then: the in-flight lists of
@@ -44,6 +47,22 @@ return moved
 """
 
 
+# Moves at most ARGV[2] scheduled tasks due by ARGV[1] from the schedule
+# (KEYS[1]) to the enqueue end of the queue (KEYS[2]), and returns them. One
+# script, so a consumer killed while its scheduler works loses none.
+MOVE_DUE_LUA = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, item in ipairs(due) do
+    redis.call('LPUSH', KEYS[2], item)
+    redis.call('ZREM', KEYS[1], item)
+end
+return due
+"""
+
+# Tasks moved per script call, so that a large backlog does not block Redis.
+MOVE_DUE_BATCH = 500
+
+
 class ReliableRedisStorage(RedisStorage):
     """RedisStorage whose dequeue keeps each task in flight until `ack`."""
 
@@ -53,6 +72,7 @@ class ReliableRedisStorage(RedisStorage):
         self.inflight_prefix = f"huey.inflight.{self.name}|"
         self.heartbeat_prefix = f"huey.heartbeat.{self.name}|"
         self._recover = self.conn.register_script(RECOVER_LUA)
+        self._move_due = self.conn.register_script(MOVE_DUE_LUA)
         self._owner_pid = None
         self._owner = ""
         self._heartbeat_stop = threading.Event()
@@ -131,6 +151,32 @@ class ReliableRedisStorage(RedisStorage):
         pipe.lrem(key or self.inflight_key(), 1, data)
         pipe.rpush(self.queue_key, data)
         pipe.execute()
+
+    def schedule_and_ack(self, data: bytes, eta, inflight: bytes, key: str) -> None:
+        """Put a task's retry on the schedule and drop the attempt from its
+        in-flight list in one transaction, so that the task exists once
+        whenever the worker dies. `eta` None puts it on the queue instead."""
+        pipe = self.conn.pipeline(transaction=True)
+        if eta is None:
+            pipe.lpush(self.queue_key, data)
+        else:
+            pipe.zadd(self.schedule_key, {data: self.convert_ts(eta)})
+        pipe.lrem(key, 1, inflight)
+        pipe.execute()
+
+    def move_due_to_queue(self, ts) -> list[bytes]:
+        """Move the scheduled tasks due by `ts` onto the queue, and return
+        them. Each batch moves in one atomic script."""
+        moved = []
+        unix_ts = self.convert_ts(ts)
+        while True:
+            batch = self._move_due(
+                keys=[self.schedule_key, self.queue_key],
+                args=[unix_ts, MOVE_DUE_BATCH],
+            )
+            moved.extend(batch)
+            if len(batch) < MOVE_DUE_BATCH:
+                return moved
 
     def inflight_items(self) -> dict[str, list[bytes]]:
         """Return every in-flight list: key -> its entries."""

@@ -12,13 +12,20 @@ from __future__ import annotations
 import datetime
 import logging
 import random
+import time
 
+from huey import signals as S
 from huey.exceptions import HueyException
+from redis.exceptions import RedisError
 
 from tshjobs.audit import log_write_failure
 from tshjobs.timelimits import HardTimeLimit, in_process_worker, soft_time_limit
 
 logger = logging.getLogger(__name__)
+
+# Seconds a worker keeps trying to queue a retry while Redis is unreachable,
+# before it leaves the attempt in flight for recovery.
+REQUEUE_PATIENCE = 60.0
 
 
 def retry_delay(delays: tuple[float, ...], retry_number: int, jitter: float) -> float:
@@ -68,22 +75,88 @@ class WorkerMixin:
     def execute(self, task, timestamp=None):
         inflight = getattr(self._worker, "inflight", None)
         self._worker.inflight = None
+        self._worker.executing = inflight
+        self._worker.keep_inflight = False
         hard = self.time_limits(task)[1]
         end_process = in_process_worker()
 
         def on_expiry(ends_process):
             self._on_hard_limit(task, hard, inflight, ends_process)
 
+        if inflight is not None and self.reliable:
+            timestamp = timestamp or self._get_timestamp()
+            if not self.ready_to_run(task, timestamp):
+                # Huey would add it to the schedule and then acknowledge it,
+                # two steps a kill could split.
+                self._worker.executing = None
+                self._requeue_and_ack(task, task.eta, inflight)
+                return None
+
         try:
             with HardTimeLimit(hard, on_expiry, end_process):
                 return super().execute(task, timestamp)
         finally:
-            if inflight is not None and getattr(self._worker, "interrupted", False):
+            self._worker.executing = None
+            if inflight is None:
+                pass
+            elif getattr(self._worker, "interrupted", False):
                 self.storage.requeue(*inflight)
                 logger.warning("Task %s interrupted; put back on the queue", task.id,
                                extra={"task_id": task.id})  # fmt: skip
-            elif inflight is not None:
+            elif self._worker.keep_inflight:
+                logger.error(
+                    "Task %s: its retry could not be queued; it stays in flight "
+                    "and is recovered when this consumer restarts", task.id,
+                    extra={"task_id": task.id},
+                )  # fmt: skip
+            else:
                 self._ack(*inflight)
+
+    def _requeue_task(self, task, timestamp, retry_eta=None):
+        """Queue the retry of a failed attempt. With reliable storage the
+        retry is written and the attempt acknowledged in one transaction."""
+        inflight = getattr(self._worker, "executing", None)
+        if inflight is None or not self.reliable:
+            return super()._requeue_task(task, timestamp, retry_eta)
+
+        task.retries -= 1
+        eta = retry_eta
+        if eta is None and task.retry_delay:
+            eta = timestamp + datetime.timedelta(seconds=task.retry_delay)
+            if task.retry_backoff:
+                task.retry_delay *= task.retry_backoff
+        self._requeue_and_ack(task, eta, inflight)
+
+    def _requeue_and_ack(self, task, eta, inflight) -> None:
+        """Put `task` on the schedule for `eta` (on the queue for None) and
+        acknowledge its in-flight attempt, atomically. Redis errors are
+        retried for up to REQUEUE_PATIENCE seconds."""
+        task.eta = eta
+        data = self.serialize_task(task)
+        deadline = time.monotonic() + REQUEUE_PATIENCE
+        pause = 0.1
+        while True:
+            try:
+                self.storage.schedule_and_ack(data, eta, *inflight)
+                break
+            except RedisError as exc:
+                if time.monotonic() + pause > deadline:
+                    self._worker.keep_inflight = True
+                    raise
+                logger.warning("Task %s: queueing its retry failed (%s); trying "
+                               "again in %.1f s", task.id, exc, pause,
+                               extra={"task_id": task.id})  # fmt: skip
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+        logger.info("Task %s: put on the %s, %d retries left", task.id,
+                    f"schedule for {eta}" if eta else "queue", task.retries,
+                    extra={"task_id": task.id})  # fmt: skip
+        if eta is None:
+            self._emit(S.SIGNAL_ENQUEUED, task)
+            self.record_queued(task)
+        else:
+            self._emit(S.SIGNAL_SCHEDULED, task)
 
     def _on_hard_limit(self, task, seconds, inflight, ends_process) -> None:
         """Retry or fail a task past its hard limit, from the watchdog thread."""
@@ -107,8 +180,13 @@ class WorkerMixin:
             delay = retry_delay(settings.retry_delays, declared - task.retries,
                                 settings.retry_jitter)  # fmt: skip
             task.retries -= 1
-            task.eta = self._get_timestamp() + datetime.timedelta(seconds=delay)
-            self.add_schedule(task)
+            eta = self._get_timestamp() + datetime.timedelta(seconds=delay)
+            if inflight is not None and self.reliable:
+                self._requeue_and_ack(task, eta, inflight)
+                inflight = None
+            else:
+                task.eta = eta
+                self.add_schedule(task)
         if inflight is not None:
             self._ack(*inflight)
         logger.error("Task %s: %s; %s", task.id, reason,

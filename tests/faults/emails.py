@@ -4,7 +4,9 @@ The workload sends one email to each of N customers of a seeded PostgreSQL
 ERP: an order confirmation to customers with an odd id and an order, a
 welcome email to the rest. Every customer gets the unique address
 chaos-<id>@example.com, so the effect key is the recipient and each must
-receive exactly one email.
+receive exactly one email: one Message-ID. A copy resent with the same
+Message-ID, after an attempt stopped between the message data and the
+server's reply, is counted apart as a repeat.
 
 The sent-log row (`tshjobs.outbox`) of a running email task splits the
 harness's RUNNING phase in four. PREPARING comes before the message reaches
@@ -42,12 +44,6 @@ _header_parser = BytesHeaderParser(policy=policy.default)
 
 def message_id_of(content: bytes) -> str:
     return str(_header_parser.parsebytes(content)["Message-ID"]).strip()
-
-
-def recipient_of(path: Path) -> str:
-    with open(path, "rb") as file:
-        headers = _header_parser.parse(file)
-    return headers["To"].addresses[0].addr_spec
 
 
 def address_of(customer_id: int) -> str:
@@ -211,14 +207,41 @@ def single_email_workload(recipient: str) -> Workload:
         key_of=lambda task_id: recipient,
         running_phase=sent_log_phase,
         unsettled_phases=frozenset({SENDING}),
+        count_repeats=count_resent_copies,
     )
+
+
+def stored_messages(smtp: CaptureServer) -> list[tuple[str, str]]:
+    """Return (recipient, Message-ID) of every message the server stored."""
+    stored = []
+    for path in smtp.directory.glob("*.eml"):
+        with open(path, "rb") as file:
+            headers = _header_parser.parse(file)
+        recipient = headers["To"].addresses[0].addr_spec
+        stored.append((recipient, str(headers["Message-ID"]).strip()))
+    return stored
 
 
 def emails_to(smtp: CaptureServer, recipient: str) -> int:
-    """Count the messages stored for `recipient`."""
-    return sum(
-        1 for path in smtp.directory.glob("*.eml") if recipient_of(path) == recipient
-    )
+    """Count the emails `recipient` received: messages with distinct
+    Message-IDs, as a mailbox that drops duplicate Message-IDs shows them."""
+    return len({mid for to, mid in stored_messages(smtp) if to == recipient})
+
+
+def deliveries_to(smtp: CaptureServer, recipient: str) -> int:
+    """Count every message stored for `recipient`, resent copies included."""
+    return sum(1 for to, _ in stored_messages(smtp) if to == recipient)
+
+
+def count_emails(run: ChaosRun) -> Counter:
+    """Count the emails per recipient, a resent copy once."""
+    return Counter(to for to, _ in set(stored_messages(run.smtp)))
+
+
+def count_resent_copies(run: ChaosRun) -> int:
+    """Count the messages stored again under a Message-ID already stored."""
+    stored = stored_messages(run.smtp)
+    return len(stored) - len(set(stored))
 
 
 def email_workload(
@@ -259,15 +282,13 @@ def email_workload(
             if number % batch == 0:
                 time.sleep(batch_pause)
 
-    def count_effects(run: ChaosRun) -> Counter:
-        return Counter(recipient_of(path) for path in run.smtp.directory.glob("*.eml"))
-
     return Workload(
         name="email",
         enqueue=enqueue,
         expected={recipient for _, _, recipient in jobs},
-        count_effects=count_effects,
+        count_effects=count_emails,
         key_of=recipient_by_task.get,
         running_phase=sent_log_phase,
         unsettled_phases=frozenset({SENDING}),
+        count_repeats=count_resent_copies,
     )

@@ -79,14 +79,17 @@ REPORTS: list[ChaosReport] = []
 class Workload:
     """The tasks a chaos run enqueues and the effect each must have once.
 
-    `enqueue(run)` runs on a thread of its own and enqueues through
-    `run.call`. `expected` contains the effect keys that must each occur exactly
-    once, for example recipients or ERP entity ids. `count_effects(run)`
-    returns how often each key occurred (emails per recipient, records per
-    entity). `key_of(task_id)` returns the key of a task, or None for a task
-    the workload does not know. `running_phase(run, task_id)` returns the
-    phase of a running task. A phase in `unsettled_phases` is read again
-    SETTLE_SECONDS after the kill.
+        `enqueue(run)` runs on a thread of its own and enqueues through
+        `run.call`. `expected` contains the effect keys that must each occur exactly
+        once, for example recipients or ERP entity ids. `count_effects(run)`
+        returns how often each key occurred (emails per recipient, records per
+        entity). `count_repeats(run)`, where given, counts the effects that
+    occurred again under the same idempotency key (an email resent with its
+    Message-ID), which `count_effects` counts once. `key_of(task_id)` returns
+    the key of a task, or None for a task
+        the workload does not know. `running_phase(run, task_id)` returns the
+        phase of a running task. A phase in `unsettled_phases` is read again
+        SETTLE_SECONDS after the kill.
     """
 
     name: str
@@ -96,6 +99,7 @@ class Workload:
     key_of: Callable[[str], Hashable | None]
     running_phase: Callable[[ChaosRun, str], str] | None = None
     unsettled_phases: frozenset[str] = frozenset()
+    count_repeats: Callable[[ChaosRun], int] | None = None
 
 
 @dataclass
@@ -172,6 +176,7 @@ class ChaosReport:
     effects: int
     lost: list[str]
     duplicated: dict[str, int]
+    repeats: int
     unexpected: list[str]
     failed: dict[str, list[str]]
     not_final: dict[str, list[str]]
@@ -215,7 +220,8 @@ class ChaosReport:
         lines.append(
             f"  recovered {self.recovered}; effects {self.effects} of "
             f"{self.expected_effects} expected; lost {len(self.lost)}, duplicated "
-            f"{len(self.duplicated)}, unexpected {len(self.unexpected)}"
+            f"{len(self.duplicated)}, unexpected {len(self.unexpected)}; "
+            f"repeated under the same idempotency key {self.repeats}"
         )
         lines.append(
             f"  failed {failed}; not final {not_final}, of which overwritten by "
@@ -1003,6 +1009,7 @@ class ChaosRun:
             duplicated={
                 str(key): count for key, count in sorted(effects.items()) if count > 1
             },
+            repeats=workload.count_repeats(self) if workload.count_repeats else 0,
             unexpected=sorted(str(key) for key in effects if key not in expected),
             failed=dict(failed),
             not_final=dict(not_final),

@@ -7,19 +7,20 @@ PostgreSQL and an SMTP server, and breaks the work at one point:
 - a server that drops the connection before its 250 reply;
 - a recovering consumer that writes its audit row late;
 - a consumer killed while its scheduler moves due retries;
-- a consumer killed between scheduling a retry and acknowledging the task.
+- a consumer stopped just after a failed attempt scheduled its retry;
+- a consumer paused long enough to be taken for dead, so that two copies
+  of one task run at once.
 
-New consumers then recover or retry the tasks.
-
-Each scenario shows a product gap, stated by its test marked xfail, on
-every run; docs/reliability.md describes them. `raises=AssertionError` keeps
-a scenario that broke (ScenarioError) from passing as an expected failure.
+New consumers then recover or retry the tasks. A scenario that did not
+reach the state it sets up raises ScenarioError, which fails its tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -32,11 +33,17 @@ from tests.faults.emails import (
     SENDING,
     TrapServer,
     address_of,
+    deliveries_to,
     emails_to,
     prepare_erp,
     single_email_workload,
 )
-from tests.faults.harness import RESCHEDULED, ChaosPlan, ChaosRun
+from tests.faults.harness import (
+    ChaosPlan,
+    ChaosRun,
+    children_of,
+    wait_until_stopped,
+)
 from tests.services import create_pg_database, drop_pg_database
 from tshjobs.audit import FINAL_STATES
 from tshjobs.consumer import recover_inflight
@@ -57,6 +64,7 @@ class Outcome:
     attempts: int
     events: list[str]
     emails: int
+    deliveries: int
     killed_phase: str | None
     # The state a stalled recovery found before it wrote its audit row.
     state_seen: str | None = None
@@ -90,6 +98,7 @@ def outcome_of(run: ChaosRun, task_id: str, customer_id=CUSTOMER_ID) -> Outcome:
         attempts=row["attempts"],
         events=[event["event"] for event in run.audit.events(task_id)],
         emails=emails_to(run.smtp, address_of(customer_id)),
+        deliveries=deliveries_to(run.smtp, address_of(customer_id)),
         killed_phase=killed[0] if killed else None,
     )
 
@@ -138,14 +147,9 @@ def test_kill_before_store_recovered(killed_before_store):
     assert killed_before_store.state in FINAL_STATES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the sent log is left at 'sending', so the next attempt fails with "
-    "DeliveryUnknown and no email is ever received",
-)
 def test_kill_before_store_email_sent(killed_before_store):
     assert killed_before_store.emails == 1
+    assert killed_before_store.deliveries == 1
     assert killed_before_store.state == "succeeded"
 
 
@@ -169,12 +173,12 @@ def test_kill_after_store_email_not_repeated(killed_after_store):
     assert killed_after_store.emails == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the sent log is left at 'sending' although the server stored the "
-    "email, so the next attempt fails with DeliveryUnknown",
-)
+def test_kill_after_store_resent_same_message_id(killed_after_store):
+    # SMTP cannot tell the new attempt that the server stored the first
+    # copy, so the copy goes again with the same Message-ID.
+    assert killed_after_store.deliveries == 2
+
+
 def test_kill_after_store_task_succeeds(killed_after_store):
     assert killed_after_store.state == "succeeded"
 
@@ -200,14 +204,9 @@ def test_drop_before_reply_task_succeeds(dropped_before_reply):
     assert dropped_before_reply.attempts == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a connection lost after the message data counts as not delivered: "
-    "the claim is released and the retry sends the email a second time",
-)
 def test_drop_before_reply_email_once(dropped_before_reply):
     assert dropped_before_reply.emails == 1
+    assert dropped_before_reply.deliveries == 2
 
 
 class _StallRecovery(logging.Handler):
@@ -273,13 +272,6 @@ def test_late_recovery_email_once(late_recovery_write):
     assert late_recovery_write.emails == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="recover_inflight puts the task back on the queue before it writes "
-    "'recovered' to the audit log, so that write sets a finished task back "
-    "to queued",
-)
 def test_late_recovery_keeps_final_state(late_recovery_write):
     assert late_recovery_write.state == "succeeded"
 
@@ -346,13 +338,6 @@ def test_scheduler_kill_sends_nothing_twice(scheduler_killed_mid_batch):
     assert set(states.values()) <= {"succeeded", "retrying"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Huey's scheduler takes every due task off the Redis schedule in "
-    "one call, then enqueues them one by one; the tasks not yet enqueued when "
-    "its consumer is killed stay 'retrying' and are never run",
-)
 def test_scheduler_kill_loses_no_retry(scheduler_killed_mid_batch):
     states, emails = scheduler_killed_mid_batch
 
@@ -360,107 +345,138 @@ def test_scheduler_kill_loses_no_retry(scheduler_killed_mid_batch):
     assert sum(emails.values()) == RETRIES_DUE
 
 
-def started_count(run: ChaosRun, task_id: str) -> int:
-    return [event["event"] for event in run.audit.events(task_id)].count("started")
+def stop_consumer(consumer) -> list[int]:
+    """SIGSTOP a consumer and its workers; return their pids."""
+    pids = [consumer.process.pid, *children_of(consumer.process.pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    for pid in pids:
+        wait_until_stopped(pid)
+    return pids
 
 
-def waiting_on_locks(url: str) -> int:
-    """Count the sessions of the ERP database that wait for a lock."""
-    with psycopg.connect(url) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        ).fetchone()[0]
+def continue_processes(pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
 
 
-def kill_after_retry_scheduled(run: ChaosRun, consumer, tries: int) -> tuple[str, int]:
-    """Enqueue welcome emails one at a time while the SMTP server is down.
-    As soon as an attempt has put its retry on the schedule, stop the
-    consumer, and kill it if the task is still in the worker's in-flight
-    list. Otherwise let it continue and try the next customer. Return the
-    task id and customer id of the task caught."""
-    from tasks.emails import send_welcome_email
+def held_in_flight(run: ChaosRun) -> set[str]:
+    return {task_id for task_id, _ in run.tasks_in_flight(None)}
 
+
+@pytest.fixture(scope="module")
+def retries_while_stopped(tmp_path_factory):
+    """Welcome emails fail one at a time while the SMTP server is down. As
+    soon as an attempt's retry is on the schedule, the consumer is stopped,
+    and the in-flight lists are read: a task found there too would run
+    twice. Returns the ids of the tasks found in both places."""
+    with single_email_run(
+        tmp_path_factory,
+        "retries-while-stopped",
+        customers=10,
+        TSHJOBS_WORKERS="2",
+        TSHJOBS_RETRY_DELAYS="60",
+        TSHJOBS_RETRY_JITTER="0",
+    ) as (run, _):
+        from tasks.emails import send_welcome_email
+
+        storage = run.huey.storage
+        run.smtp.stop()
+        consumer = run.start_consumer()
+        in_both = []
+        for customer_id in range(1, 11):
+            scheduled = storage.schedule_size()
+            task_id = run.call(send_welcome_email, customer_id)
+            wait_until(
+                lambda scheduled=scheduled: storage.schedule_size() > scheduled,
+                f"the retry of task {task_id} on the schedule",
+            )
+            pids = stop_consumer(consumer)
+            try:
+                if task_id in held_in_flight(run):
+                    in_both.append(task_id)
+            finally:
+                continue_processes(pids)
+        yield in_both
+
+
+def test_retry_scheduled_and_acked_together(retries_while_stopped):
+    assert retries_while_stopped == []
+
+
+def forget_heartbeats(run: ChaosRun, pids: list[int]) -> int:
+    """Delete the heartbeats of `pids`, as if they had expired; return how
+    many were deleted."""
     storage = run.huey.storage
-    for customer_id in range(1, tries + 1):
-        scheduled = storage.schedule_size()
-        task_id = run.call(send_welcome_email, customer_id)
-        deadline = time.monotonic() + 30
-        while storage.schedule_size() == scheduled:
-            if time.monotonic() > deadline:
-                raise ScenarioError(f"task {task_id} was not scheduled for a retry")
-        kill = run.kill_consumer(
-            consumer,
-            "manual",
-            when=lambda phases, task_id=task_id: phases.get(task_id) == RESCHEDULED,
-        )
-        if kill is not None:
-            return task_id, customer_id
-    raise ScenarioError(
-        f"none of {tries} tasks was caught between scheduling its retry and "
-        "its acknowledgement"
-    )
+    deleted = 0
+    for key in storage.conn.scan_iter(match=storage.heartbeat_prefix + "*"):
+        owner = key.decode()[len(storage.heartbeat_prefix) :]
+        if int(owner.split(":")[1]) in pids:
+            deleted += storage.conn.delete(key)
+    return deleted
+
+
+def retry_events(run: ChaosRun, task_id: str) -> list[dict]:
+    return [e for e in run.audit.events(task_id) if e["event"] == "retrying"]
 
 
 @pytest.fixture(scope="module")
 def two_copies_of_a_task(tmp_path_factory):
-    """A consumer is killed after a failed attempt put the task's retry on
-    the schedule and before its worker removed the task from its in-flight
-    list. The task then exists twice: on the schedule and in the dead
-    worker's list. Both copies go on the queue (recovered, and taken off the
-    schedule, by this process), and a new consumer runs them, with their
-    ERP read held back (the customers table is locked) until both wait."""
+    """A consumer stops (SIGSTOP, as in a VM pause) while its worker holds
+    the claim on an email and waits for the ERP (the customers table is
+    locked). Its heartbeat expires, so this process recovers the task, and
+    a second consumer runs the same task while the first copy still lives.
+    Then the first consumer continues."""
     with single_email_run(
         tmp_path_factory,
         "two-copies",
-        customers=30,
-        TSHJOBS_WORKERS="2",
-        TSHJOBS_RETRY_DELAYS="3",
+        TSHJOBS_WORKERS="1",
+        TSHJOBS_RETRY_DELAYS="2",
         TSHJOBS_RETRY_JITTER="0",
     ) as (run, url):
-        run.smtp.stop()
         first = run.start_consumer()
-        task_id, customer_id = kill_after_retry_scheduled(run, first, tries=30)
-        run.smtp.start()
-
-        if recover_inflight(run.huey) != 1:
-            raise ScenarioError("the killed worker's list did not hold one task")
-        due = []
-
-        def copy_due() -> bool:
-            due.extend(run.huey.read_schedule())
-            return any(task.id == task_id for task in due)
-
-        wait_until(copy_due, "the scheduled copy to be due")
-        due.sort(key=lambda task: task.id != task_id)
-        starts_before = started_count(run, task_id)
         with psycopg.connect(url) as lock:
             lock.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
-            for task in due:
-                run.huey.enqueue(task)
-            run.start_consumer()
+            task_id = send_welcome(run)
             wait_until(
-                lambda: started_count(run, task_id) >= starts_before + 2,
-                "both copies to start",
+                lambda: (
+                    (row := run.smtp.sent_log.row_of_task(task_id))
+                    and row["state"] == "claimed"
+                ),
+                "the claim in the sent log",
             )
-            wait_until(lambda: waiting_on_locks(url) >= 2, "both ERP reads to wait")
+            pids = stop_consumer(first)
+            if forget_heartbeats(run, pids) == 0:
+                raise ScenarioError("the stopped consumer had no heartbeat")
+            if recover_inflight(run.huey) != 1:
+                raise ScenarioError("the stopped consumer's task was not recovered")
+
+            run.start_consumer()
+            wait_until(lambda: retry_events(run, task_id), "the second copy to retry")
+            second_copy_error = run.audit.get(task_id)["error"]
             lock.rollback()
+        continue_processes(pids)
 
         if not run.wait_until_done(timeout=60):
             raise ScenarioError("the tasks did not settle within 60 s")
-        yield outcome_of(run, task_id, customer_id)
+        outcome = outcome_of(run, task_id)
+        yield outcome, second_copy_error
+
+
+def test_two_copies_second_waits(two_copies_of_a_task):
+    _, second_copy_error = two_copies_of_a_task
+
+    assert second_copy_error.startswith("SendInProgress")
 
 
 def test_two_copies_task_succeeds(two_copies_of_a_task):
-    assert two_copies_of_a_task.killed_phase == RESCHEDULED
-    assert two_copies_of_a_task.state == "succeeded"
+    outcome, _ = two_copies_of_a_task
+
+    assert outcome.state == "succeeded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the sent log lets a task take over a claim held by its own task "
-    "id, so two copies of one task running at once both send",
-)
 def test_two_copies_email_once(two_copies_of_a_task):
-    assert two_copies_of_a_task.emails == 1
+    outcome, _ = two_copies_of_a_task
+
+    assert outcome.emails == 1
+    assert outcome.deliveries == 1

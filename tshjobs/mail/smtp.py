@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Self
 
@@ -100,18 +101,27 @@ class SmtpSender:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def send(self, message: EmailMessage) -> SendResult:
+    def send(
+        self, message: EmailMessage, before_data: Callable[[], None] | None = None
+    ) -> SendResult:
         """Send a message to every address in its To, Cc and Bcc headers, and
         return the server's reply.
 
+        `before_data` is called once the server is ready for the message
+        data (it replied 354) and before they are sent. From then on the
+        server may store the message. If it raises, the connection is closed
+        and the server stores nothing.
+
         Raises SmtpTemporaryError or SmtpPermanentError when the server did not
         accept the message for every recipient: one rejected recipient means
-        the message goes to no one. Raises InvalidMessageError when the
-        message has no From address or no recipient."""
+        the message goes to no one. An SmtpTemporaryError with
+        `maybe_delivered` set means the connection broke after the data were
+        sent. Raises InvalidMessageError when the message has no From address
+        or no recipient."""
         envelope = envelope_of(message)
         with self._lock:
             try:
-                return self._send_with_reconnect(envelope)
+                return self._send_with_reconnect(envelope, before_data)
             finally:
                 self._last_used = time.monotonic()
 
@@ -140,10 +150,10 @@ class SmtpSender:
         if connection is not None:
             connection.close()
 
-    def _send_with_reconnect(self, envelope: Envelope) -> SendResult:
+    def _send_with_reconnect(self, envelope: Envelope, before_data) -> SendResult:
         connection = self._usable_connection()
         try:
-            result = self._transact(connection, envelope)
+            result = self._transact(connection, envelope, before_data)
         except _ConnectionDropped as drop:
             self.abandon()
             if drop.data_sent or drop.timed_out:
@@ -158,7 +168,7 @@ class SmtpSender:
             )
             connection = self._connect()
             try:
-                result = self._transact(connection, envelope)
+                result = self._transact(connection, envelope, before_data)
             except _ConnectionDropped as second_drop:
                 self.abandon()
                 raise self._dropped_error(second_drop, envelope) from second_drop
@@ -207,7 +217,9 @@ class SmtpSender:
         self._connection = open_connection(self.settings, self._tls_context)
         return self._connection
 
-    def _transact(self, connection: smtplib.SMTP, envelope: Envelope) -> SendResult:
+    def _transact(
+        self, connection: smtplib.SMTP, envelope: Envelope, before_data=None
+    ) -> SendResult:
         """Run MAIL, RCPT and DATA once. Raises _ConnectionDropped when the
         connection breaks, and an SmtpError when the server rejects."""
         data_sent = False
@@ -231,6 +243,15 @@ class SmtpSender:
             code, text = connection.docmd("DATA")
             if code != 354:
                 self._reject(connection, "DATA", code, text, before_data=True)
+
+            if before_data is not None:
+                try:
+                    before_data()
+                except BaseException:
+                    # Mid-transaction, only closing the connection makes
+                    # the server discard the message.
+                    self.abandon()
+                    raise
 
             connection.send(envelope.data)
             data_sent = True
@@ -346,8 +367,8 @@ class SmtpSender:
             if drop.data_sent:
                 return SmtpTemporaryError(
                     f"{timeout} after the data of message {message_id} was sent; "
-                    "the server may have accepted it, so a retry can deliver it "
-                    "twice"
+                    "the server may have accepted it",
+                    maybe_delivered=True,
                 )
             return SmtpTemporaryError(f"{timeout}; message {message_id} was not sent")
 
@@ -355,8 +376,8 @@ class SmtpSender:
             return SmtpTemporaryError(
                 f"connection to SMTP server {self.server} was lost after the data "
                 f"of message {message_id} was sent and before the server's reply "
-                f"({drop.detail}); the server may have accepted it, so a retry can "
-                "deliver it twice"
+                f"({drop.detail}); the server may have accepted it",
+                maybe_delivered=True,
             )
         return SmtpTemporaryError(
             f"connection to SMTP server {self.server} was lost before message "
