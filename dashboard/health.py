@@ -1,8 +1,9 @@
-"""`/health`: a JSON report on the queue storage, the audit database and the
-ERP database, open without a login.
+"""`/health`: a JSON report on the queue storage, the audit database, the
+local spool and the ERP database, open without a login.
 
-The report names each check, whether it passed, the queue's counts and the
-class name of any error. It never contains URLs, paths, task data or error
+The report names each check, whether it passed, the queue's counts, the
+audit writes waiting to be retried, the tasks waiting in the spool for
+Redis, and the class name of any error. It never contains URLs, paths, task data or error
 messages, which could carry host names or passwords; the log has those.
 """
 
@@ -16,8 +17,10 @@ import redis
 from flask import Blueprint, current_app, jsonify
 
 from tshjobs import queue
+from tshjobs.audit import audit_backlog
 from tshjobs.erp import db as erp_db
 from tshjobs.settings import Settings
+from tshjobs.spool import spool_backlog
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,30 @@ def check_audit(settings: Settings) -> dict:
         conn.execute("ROLLBACK")
     finally:
         conn.close()
-    return {}
+    return audit_writes_pending(settings)
+
+
+def audit_writes_pending(settings: Settings) -> dict:
+    """Report the audit writes that failed and wait in the retry buffer.
+    Any at all fail the check: the audit log lags behind the tasks."""
+    backlog = audit_backlog(settings)
+    return {
+        "ok": backlog["pending"] == 0,
+        "writes_pending": backlog["pending"],
+        "oldest_pending_at": backlog["oldest_at"],
+        "last_write_error_at": backlog["last_error_at"],
+    }
+
+
+def check_spool(settings: Settings) -> dict:
+    """Report the tasks spooled while Redis was unreachable and not yet
+    delivered to it. Any at all fail the check."""
+    backlog = spool_backlog(settings)
+    return {
+        "ok": backlog["pending"] == 0,
+        "pending": backlog["pending"],
+        "oldest_at": backlog["oldest_at"],
+    }
 
 
 def check_erp(settings: Settings) -> dict:
@@ -82,7 +108,12 @@ def check_erp(settings: Settings) -> dict:
     return {"kind": dialect}
 
 
-CHECKS = {"queue": check_queue, "audit": check_audit, "erp": check_erp}
+CHECKS = {
+    "queue": check_queue,
+    "audit": check_audit,
+    "spool": check_spool,
+    "erp": check_erp,
+}
 
 
 def run_checks(settings: Settings) -> dict:
@@ -94,6 +125,8 @@ def run_checks(settings: Settings) -> dict:
     results = {}
     for name, check in CHECKS.items():
         try:
+            # A check reports a problem by raising, or by returning "ok": False
+            # with its figures.
             results[name] = {"ok": True, **check(settings)}
         except Exception as exc:  # noqa: BLE001 - each failure becomes a result
             logger.warning("Health check %s failed: %s", name, exc)

@@ -19,13 +19,21 @@ from dashboard.ratelimit import LoginThrottle
 from dashboard.security import is_safe_redirect
 from tests.services import free_port
 from tshjobs import queue, users
+from tshjobs.audit import AuditRetryBuffer, retry_buffer_path
 from tshjobs.settings import get_settings
+from tshjobs.spool import TaskSpool, spool_path
 
 PASSWORD = "staff password 1"
 XSS = "<script>alert(1)</script>"
 ESCAPED_XSS = "&lt;script&gt;alert(1)&lt;/script&gt;"
 BROKEN_TASK = "tests.sample_tasks.broken"
 ADD_TASK = "tests.sample_tasks.add"
+AUDIT_OK = {
+    "ok": True,
+    "writes_pending": 0,
+    "oldest_pending_at": None,
+    "last_write_error_at": None,
+}
 
 
 @pytest.fixture
@@ -1108,7 +1116,8 @@ def test_health_ok(redis_settings, env):
     assert report["checks"]["queue"] == {
         "ok": True, "storage": "redis", "length": 1, "scheduled": 0,
     }  # fmt: skip
-    assert report["checks"]["audit"] == {"ok": True}
+    assert report["checks"]["audit"] == AUDIT_OK
+    assert report["checks"]["spool"] == {"ok": True, "pending": 0, "oldest_at": None}
     assert report["checks"]["erp"] == {"ok": True, "kind": "sqlite"}
     assert_no_secrets(
         body, redis_settings, erp_path, BROKEN_TASK, ADD_TASK, "alert", "secret-ish"
@@ -1139,7 +1148,42 @@ def test_create_app_creates_audit_database(settings, env):
     assert {"tasks", "task_events", "operator_actions"} <= tables
     report = app.test_client().get("/health").get_json()
     assert report["status"] == "ok"
-    assert report["checks"]["audit"] == {"ok": True}
+    assert report["checks"]["audit"] == AUDIT_OK
+
+
+def test_health_shows_audit_writes_pending(settings, env):
+    make_erp_database(env)
+    queue.audit_log(settings)
+    buffer = AuditRetryBuffer(retry_buffer_path(settings.audit_path))
+    buffer.append(1000.0, "record_started", [], {}, "task-1", "database is locked", 1)
+    app = create_app(settings, {"TESTING": True})
+
+    response = app.test_client().get("/health")
+    report = response.get_json()
+
+    assert response.status_code == 503
+    assert report["status"] == "degraded"
+    assert report["checks"]["audit"]["ok"] is False
+    assert report["checks"]["audit"]["writes_pending"] == 1
+    assert report["checks"]["audit"]["oldest_pending_at"] == 1000.0
+    assert "locked" not in response.get_data(as_text=True)
+
+
+def test_health_shows_spooled_tasks(redis_settings, env):
+    make_erp_database(env)
+    queue.audit_log(redis_settings)
+    TaskSpool(spool_path(redis_settings)).append(
+        "tshjobs", "task-1", b"data", None, "redis down"
+    )
+    app = create_app(redis_settings, {"TESTING": True})
+
+    response = app.test_client().get("/health")
+    report = response.get_json()
+
+    assert response.status_code == 503
+    assert report["status"] == "degraded"
+    assert report["checks"]["spool"]["ok"] is False
+    assert report["checks"]["spool"]["pending"] == 1
 
 
 def test_health_audit_ok_while_redis_down(env, monkeypatch):
@@ -1155,7 +1199,7 @@ def test_health_audit_ok_while_redis_down(env, monkeypatch):
 
     assert report["status"] == "down"
     assert report["checks"]["queue"]["ok"] is False
-    assert report["checks"]["audit"] == {"ok": True}
+    assert report["checks"]["audit"] == AUDIT_OK
 
 
 def test_create_app_survives_unusable_audit_path(settings, env, caplog):
