@@ -1,4 +1,4 @@
-"""Who is running a piece of work right now, and whether they still live.
+"""Holder ids: the thread that runs a piece of work, and whether it lives.
 
 A claim on work (an email in the sent log, later a Zoho record) names its
 holder: the host, the kernel's boot id, the process id with the process's

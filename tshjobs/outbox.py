@@ -264,8 +264,8 @@ class SentLog:
             )
 
     def mark_sent(self, claim: Claim) -> None:
-        """Record the server's acceptance. It is written whoever holds the
-        claim now: the message went."""
+        """Record the server's acceptance, even when another holder took the
+        claim over meanwhile, because the message went."""
         self._conn().execute(
             "UPDATE email_sent_log SET state = 'sent', sent_at = ?,"
             " send_count = send_count + 1, holder = NULL, maybe_delivered = 0"
@@ -275,7 +275,7 @@ class SentLog:
 
     def release(self, claim: Claim, maybe_delivered: bool = False) -> None:
         """Give the claim back after an attempt that failed, so that a retry
-        may send. `maybe_delivered` says that this attempt's message may
+        may send. `maybe_delivered` means that this attempt's message may
         have reached the server (a connection lost before its reply). The
         record is kept, with its Message-ID, whenever this or an earlier
         attempt may have delivered the message; a key sent before stays
