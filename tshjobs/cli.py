@@ -12,6 +12,7 @@ from tshjobs.audit import STATES
 from tshjobs.errors import ConfigError, TshjobsError
 from tshjobs.logconfig import configure_logging
 from tshjobs.settings import get_settings
+from tshjobs.zoho.sandbox.cli import zoho_sandbox
 
 
 def _settings():
@@ -337,6 +338,9 @@ def demo(data_dir, port, customers, orders, events, speed):  # fmt: skip
                  events=events, speed=speed)  # fmt: skip
     except DemoError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+main.add_command(zoho_sandbox)
 
 
 if __name__ == "__main__":
