@@ -80,6 +80,135 @@ class NotRetryable(TshjobsError):
     allow it (only failed, expired and revoked tasks can be retried)."""
 
 
+class ZohoError(TshjobsError):
+    """Base class of the errors raised by the Zoho Books client.
+
+    The message names the request's method and path (never a token or a
+    secret), the HTTP status, and Zoho's code and message when Zoho sent them.
+    The same values are attributes, for the sync tasks to branch on.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        method: str = "",
+        path: str = "",
+        status: int | None = None,
+        code: int | str | None = None,
+        zoho_message: str = "",
+    ):
+        self.reason = reason
+        self.method = method
+        self.path = path
+        self.status = status
+        self.code = code
+        self.zoho_message = zoho_message
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        request = f"{self.method} {self.path}: " if self.method else ""
+        details = []
+        if self.status is not None:
+            details.append(f"HTTP {self.status}")
+        if self.code is not None:
+            details.append(f"Zoho code {self.code}: {self.zoho_message or '-'}")
+        suffix = f" ({', '.join(details)})" if details else ""
+        return f"{request}{self.reason}{suffix}"
+
+    def __reduce__(self):
+        # Rebuild from the attributes: the keyword-only arguments and the
+        # retry time of subclasses are not in self.args.
+        return (_restore_zoho_error, (type(self), self.__dict__.copy()))
+
+
+def _restore_zoho_error(cls, state):
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    Exception.__init__(error, error._describe())
+    return error
+
+
+class _RetryAtMixin:
+    """Adds `retry_at`, the UTC datetime from which a new call may succeed."""
+
+    def __init__(self, reason: str, *, retry_at, **details):
+        self.retry_at = retry_at
+        super().__init__(reason, **details)
+
+    def _describe(self) -> str:
+        return (
+            f"{super()._describe()}; retry after {self.retry_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+
+
+class ZohoNotConfigured(ZohoError, ConfigError):
+    """Raised when Zoho Books is used but a TSHJOBS_ZOHO_* setting it needs is
+    empty; the message names each missing variable."""
+
+
+class ZohoDataCentreMismatch(ZohoError, ConfigError):
+    """Raised when the token server names an API host (`api_domain`) outside
+    the configured data centre, or outside the host of a test accounts server.
+    Fix TSHJOBS_ZOHO_DATA_CENTRE or TSHJOBS_ZOHO_ACCOUNTS_URL."""
+
+
+class ZohoAuthError(ZohoError, PermanentError):
+    """Raised when Zoho rejects the access token (HTTP 401 or code 57) even
+    after one refresh, or rejects the client id or secret: a missing scope or
+    a wrong client."""
+
+
+class ZohoReauthorizationRequired(ZohoError, PermanentError):
+    """Raised when the refresh token is dead (`invalid_code`): a person must
+    authorise the client again and set TSHJOBS_ZOHO_REFRESH_TOKEN."""
+
+
+class ZohoTokenLimited(_RetryAtMixin, ZohoError, TemporaryError):
+    """Raised when no access token may be requested before `retry_at`: the
+    budget of token requests (10 per 10 minutes) is spent, or Zoho responded
+    that too many were made."""
+
+
+class ZohoRateLimited(_RetryAtMixin, ZohoError, TemporaryError):
+    """Raised on HTTP 429, or when no call slot came free within the maximum
+    wait. `retry_at` is the start of the next rate limit window."""
+
+
+class ZohoDailyLimitReached(_RetryAtMixin, ZohoError, TemporaryError):
+    """Raised when the daily call limit is reached; `retry_at` is when the
+    daily count resets."""
+
+
+class ZohoNotFound(ZohoError, PermanentError):
+    """Raised when the record does not exist (HTTP 404 or code 1002)."""
+
+
+class ZohoValidationError(ZohoError, PermanentError):
+    """Raised when Zoho rejects the request (HTTP 400 or 405) for a reason
+    with no class of its own; `code` and `zoho_message` give Zoho's reason."""
+
+
+class ZohoDuplicate(ZohoValidationError):
+    """Raised when the record would duplicate one that exists: code 3062 (a
+    contact with this name exists) or a duplicate unique custom field."""
+
+
+class ZohoServerError(ZohoError, TemporaryError):
+    """Raised on HTTP 5xx, code 1000 (internal error) or a response that is
+    not Zoho's JSON envelope."""
+
+
+class ZohoConnectionError(ZohoError, TemporaryError):
+    """Raised when no connection to Zoho could be made or it broke before a
+    response came. A call that was sent may have been applied."""
+
+
+class ZohoTimeout(ZohoConnectionError):
+    """Raised when Zoho did not connect or respond within TSHJOBS_ZOHO_TIMEOUT
+    seconds. A call that was sent may have been applied."""
+
+
 def is_temporary(exc: BaseException) -> bool:
     """Tell whether a task that raised `exc` may succeed if run again.
 

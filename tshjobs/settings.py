@@ -23,6 +23,8 @@ DEFAULT_ENV_FILE = "/etc/tshjobs/tshjobs.env"
 ENV_PREFIX = "TSHJOBS_"
 SMTP_SECURITY_MODES = ("ssl", "starttls", "none")
 WORKER_TYPES = ("thread", "process")
+ZOHO_DATA_CENTRES = ("com", "eu", "in", "com.au", "jp", "ca", "com.cn", "sa", "uk")
+ZOHO_PLANS = ("free", "standard", "professional", "premium")
 
 
 def _setting(default, help, *, secret=False, required=False):
@@ -82,14 +84,14 @@ class Settings:
     mail_from: str = _setting(
         "TSH <no-reply@localhost>", "From address of every email, with a name."
     )
-    company_name: str = _setting("TSH", "Company name shown in emails.")
-    workers: int = _setting(4, "Number of consumer workers (1 to 64).")
     email_resend_uncertain: bool = _setting(
         True,
         "When an attempt stopped after an email's data went to the SMTP server "
         "and before its reply, send it again with the same Message-ID (true), "
         "or fail the task with DeliveryUnknown for a person to decide (false).",
     )
+    company_name: str = _setting("TSH", "Company name shown in emails.")
+    workers: int = _setting(4, "Number of consumer workers (1 to 64).")
     worker_type: str = _setting(
         "process",
         "Consumer worker type: process, or thread (thread workers cannot be "
@@ -130,6 +132,64 @@ class Settings:
         "HTTPS reverse proxy).",
     )
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
+    zoho_data_centre: str = _setting(
+        "com",
+        "Zoho data centre of the organisation: "
+        + ", ".join(ZOHO_DATA_CENTRES)
+        + " (the domain of its Zoho URLs).",
+    )
+    zoho_accounts_url: str = _setting(
+        "",
+        "https:// URL of the Zoho accounts server that issues access tokens. "
+        "Empty: the one of the data centre, such as https://accounts.zoho.eu.",
+    )
+    zoho_client_id: str = _setting(
+        "",
+        "Client id of the Zoho API client (a self client). Empty: Zoho Books "
+        "is not used.",
+    )
+    zoho_client_secret: str = _setting(
+        "", "Client secret of the Zoho API client.", secret=True
+    )
+    zoho_refresh_token: str = _setting(
+        "",
+        "OAuth refresh token of the Zoho API client, with the ZohoBooks scopes.",
+        secret=True,
+    )
+    zoho_organization_id: str = _setting(
+        "", "Zoho Books organization id, sent with every call."
+    )
+    zoho_plan: str = _setting(
+        "free",
+        "Zoho Books plan: "
+        + ", ".join(ZOHO_PLANS)
+        + ". Sets the daily call limit (1000, 2000, 5000, 10000) and the "
+        "concurrent call limit (5 on free, 10 on the others).",
+    )
+    zoho_daily_limit: int = _setting(
+        0, "Zoho calls allowed per day. 0: the limit of TSHJOBS_ZOHO_PLAN."
+    )
+    zoho_requests_per_minute: int = _setting(
+        100, "Zoho calls allowed per clock minute, 1 to 100 (Zoho allows 100)."
+    )
+    zoho_max_concurrent: int = _setting(
+        0,
+        "Zoho calls in progress at once across all workers. 0: the limit of "
+        "TSHJOBS_ZOHO_PLAN.",
+    )
+    zoho_timeout: float = _setting(
+        30.0, "Seconds to wait for Zoho to connect and to send each response."
+    )
+    zoho_refresh_margin: float = _setting(
+        300.0,
+        "Seconds before an access token expires at which it is refreshed, "
+        "0 to 1800 (tokens last 3600 seconds).",
+    )
+
+    @property
+    def zoho_enabled(self) -> bool:
+        """Whether Zoho Books is configured (a client id is set)."""
+        return bool(self.zoho_client_id)
 
     @property
     def queue_path(self) -> Path:
@@ -280,8 +340,32 @@ def _check_value(name: str, value) -> str | None:
         return "must be one address such as 'TSH <no-reply@example.com>'"
     if name == "dashboard_bind" and not _is_host_port(value):
         return "must be host:port with a port from 1 to 65535, such as 127.0.0.1:8080"
+    if name.startswith("zoho_"):
+        return _check_zoho_value(name, value)
     if isinstance(value, str) and re.search(r"[\x00-\x1f\x7f]", value):
         return "must not contain control characters such as line breaks"
+    return None
+
+
+def _check_zoho_value(name: str, value) -> str | None:
+    if name == "zoho_data_centre" and value not in ZOHO_DATA_CENTRES:
+        return "allowed: " + ", ".join(ZOHO_DATA_CENTRES)
+    if name == "zoho_plan" and value not in ZOHO_PLANS:
+        return "allowed: " + ", ".join(ZOHO_PLANS)
+    if name == "zoho_accounts_url" and not re.fullmatch(r"https?://[^/\s?#]+/?", value):
+        return "must be a URL such as https://accounts.zoho.eu, without a path"
+    if name == "zoho_daily_limit" and not 0 <= value <= 10_000_000:
+        return "must be from 0 to 10000000"
+    if name == "zoho_requests_per_minute" and not 1 <= value <= 100:
+        return "must be from 1 to 100"
+    if name == "zoho_max_concurrent" and not 0 <= value <= 100:
+        return "must be from 0 to 100"
+    if name == "zoho_timeout" and not 0 < value <= 600:
+        return "must be more than 0 and at most 600 seconds"
+    if name == "zoho_refresh_margin" and not 0 <= value <= 1800:
+        return "must be from 0 to 1800 seconds"
+    if isinstance(value, str) and re.search(r"[\x00-\x1f\x7f\s]", value):
+        return "must not contain spaces or control characters"
     return None
 
 
@@ -308,6 +392,8 @@ def _parse(item, text: str):
         return _parse_modules(text)
     if item.name == "log_level":
         return text.strip().upper()
+    if item.name in ("zoho_data_centre", "zoho_plan"):
+        return text.strip().lower()
     return text.strip()
 
 

@@ -1,0 +1,1 @@
+"""Zoho Books API client: OAuth tokens, the shared rate limiter and the calls."""
