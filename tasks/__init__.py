@@ -1,3 +1,3 @@
 """Task modules. Importing this package registers every task with the queue."""
 
-from tasks import emails  # noqa: F401
+from tasks import emails, zoho  # noqa: F401

@@ -15,12 +15,13 @@ import importlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from huey import Huey, SqliteHuey
 from huey import signals as S
 from huey.api import Task
-from huey.exceptions import HueyException
+from huey.exceptions import HueyException, RetryTask
 
 from tshjobs import errors, spool
 from tshjobs.arguments import argument_check, check_json
@@ -244,10 +245,20 @@ def current_task_id() -> str:
 
 
 def task(
+def _default_delays(settings: Settings) -> tuple[float, ...]:
+    return settings.retry_delays
+
+
+def current_task() -> Task | None:
+    """Return the task running in this thread, or None outside one."""
+    return _current_task.get()
+
+
     retries: int = 3,
     soft_time_limit: float | None = None,
     hard_time_limit: float | None = None,
     **huey_options,
+    retry_delays: Callable[[Settings], tuple[float, ...]] | None = None,
 ):
     """Declare a task with the appliance's retry policy and time limits.
 
@@ -257,8 +268,11 @@ def task(
     (see `tshjobs.timelimits`).
 
     A `TemporaryError` (or a connection-level OSError) is retried up to
-    `retries` times, waiting as TSHJOBS_RETRY_DELAYS sets. Any other exception
-    is permanent: the task fails at once and waits in the audit log.
+    `retries` times, waiting as TSHJOBS_RETRY_DELAYS sets, or as
+    `retry_delays(settings)` returns. A temporary error with a `retry_at`
+    time (a rate limit that resets then) waits until that time without
+    using up a retry. Any other exception is permanent: the task fails at
+    once and waits in the audit log.
     """
 
     def decorator(fn):
@@ -269,10 +283,16 @@ def task(
                 return fn(*args, **kwargs)
             except Exception as exc:
                 if errors.is_temporary(exc) and task.retries:
+                retry_at = getattr(exc, "retry_at", None)
+                if errors.is_temporary(exc) and retry_at is not None:
+                    # Huey's RetryTask keeps the retry count as it is.
+                    message = f"{type(exc).__name__}: {exc}"
+                    raise RetryTask(message, eta=retry_at) from exc
                     settings = huey.settings
                     number = retries - task.retries
+                    delays = (retry_delays or _default_delays)(settings)
                     task.retry_delay = retry_delay(
-                        settings.retry_delays, number, settings.retry_jitter
+                        delays, number, settings.retry_jitter
                     )
                 else:
                     task.retries = 0

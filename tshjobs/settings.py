@@ -186,6 +186,12 @@ class Settings:
         "0 to 1800 (tokens last 3600 seconds).",
     )
 
+    zoho_retry_delays: tuple[float, ...] = _setting(
+        (300.0,),
+        "Comma-separated seconds before the first, second, ... retry of a Zoho "
+        "sync task after a temporary error (5 retries); the last value repeats.",
+    )
+
     @property
     def zoho_enabled(self) -> bool:
         """Whether Zoho Books is configured (a client id is set)."""
@@ -384,7 +390,7 @@ def _parse(item, text: str):
             raise ValueError("expected a number") from None
     if isinstance(item.default, Path):
         return Path(text)
-    if item.name == "retry_delays":
+    if item.name in ("retry_delays", "zoho_retry_delays"):
         return _parse_delays(text)
     if item.name == "management_emails":
         return _parse_addresses(text)

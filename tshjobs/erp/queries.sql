@@ -19,6 +19,10 @@ SELECT id, name, email, phone, zoho_contact_id
 FROM customers
 WHERE id = :customer_id;
 
+-- name: first_customer_named
+-- The lowest customer id with this exact name, for the Zoho contact name.
+SELECT min(id) AS id FROM customers WHERE name = :name;
+
 -- name: get_product
 SELECT id, sku, name, unit_price, stock_quantity, reorder_level, zoho_item_id
 FROM products

@@ -52,6 +52,11 @@ class SyncQueueMixin:
         if changed == 0:
             raise EntityNotFound(entity_type, entity_id)
 
+    def first_customer_named(self, name: str) -> int | None:
+        """Return the lowest id of the customers named exactly `name`."""
+        row = self.db.fetch_one("first_customer_named", {"name": name})
+        return row["id"] if row else None
+
     def enqueue_sync(self, entity_type: str, entity_id: int) -> int:
         """Add a pending sync row for an entity and return its id. When the
         entity already has a pending row, return that row's id instead."""

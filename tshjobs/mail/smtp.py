@@ -23,8 +23,8 @@ import smtplib
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Self
 

@@ -56,6 +56,7 @@ class ZohoClient:
         limiter: RateLimiter | None = None,
         session: requests.Session | None = None,
     ):
+        self.settings = settings
         self.config = ZohoConfig.from_settings(settings)
         self.session = session or requests.Session()
         self.tokens = tokens or token_manager(settings, session=self.session)
@@ -99,7 +100,13 @@ class ZohoClient:
             page += 1
 
     def upsert(
-        self, path: str, key: str, unique_key: str, unique_value: str, body: dict
+        self,
+        path: str,
+        key: str,
+        unique_key: str,
+        unique_value: str,
+        body: dict,
+        params: dict | None = None,
     ) -> dict:
         """Create or update the record whose unique custom field `unique_key`
         (such as "cf_erp_id") is `unique_value`, in one idempotent
@@ -110,7 +117,7 @@ class ZohoClient:
             "X-Unique-Identifier-Value": str(unique_value),
             "X-Upsert": "true",
         }
-        response = self.request("PUT", path, body=body, headers=headers)
+        response = self.request("PUT", path, params=params, body=body, headers=headers)
         return response.get(key) or {}
 
     def organization(self) -> dict:
