@@ -244,7 +244,6 @@ def current_task_id() -> str:
     return running.id if running is not None else ""
 
 
-def task(
 def _default_delays(settings: Settings) -> tuple[float, ...]:
     return settings.retry_delays
 
@@ -254,11 +253,12 @@ def current_task() -> Task | None:
     return _current_task.get()
 
 
+def task(
     retries: int = 3,
     soft_time_limit: float | None = None,
     hard_time_limit: float | None = None,
-    **huey_options,
     retry_delays: Callable[[Settings], tuple[float, ...]] | None = None,
+    **huey_options,
 ):
     """Declare a task with the appliance's retry policy and time limits.
 
@@ -282,15 +282,15 @@ def current_task() -> Task | None:
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
-                if errors.is_temporary(exc) and task.retries:
                 retry_at = getattr(exc, "retry_at", None)
                 if errors.is_temporary(exc) and retry_at is not None:
                     # Huey's RetryTask keeps the retry count as it is.
                     message = f"{type(exc).__name__}: {exc}"
                     raise RetryTask(message, eta=retry_at) from exc
+                if errors.is_temporary(exc) and task.retries:
                     settings = huey.settings
-                    number = retries - task.retries
                     delays = (retry_delays or _default_delays)(settings)
+                    number = retries - task.retries
                     task.retry_delay = retry_delay(
                         delays, number, settings.retry_jitter
                     )
