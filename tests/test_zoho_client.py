@@ -406,7 +406,7 @@ def test_rate_limited_429_from_sandbox(sandbox_settings, sandbox):
         ("TSHJOBS_ZOHO_DATA_CENTRE", "us", "allowed: com, eu, in"),
         ("TSHJOBS_ZOHO_PLAN", "gold", "allowed: free, standard"),
         ("TSHJOBS_ZOHO_ACCOUNTS_URL", "accounts.zoho.eu", "must be a URL"),
-        ("TSHJOBS_ZOHO_REQUESTS_PER_MINUTE", "500", "from 1 to 100"),
+        ("TSHJOBS_ZOHO_REQUESTS_PER_MINUTE", "20000", "from 1 to 10000"),
         ("TSHJOBS_ZOHO_DAILY_LIMIT", "-1", "from 0 to"),
         ("TSHJOBS_ZOHO_TIMEOUT", "0", "more than 0"),
         ("TSHJOBS_ZOHO_REFRESH_MARGIN", "4000", "from 0 to 1800"),
@@ -447,6 +447,15 @@ def test_zoho_settings_resolved_from_plan():
     assert config.daily_limit == 5000
     assert config.max_concurrent == 10
     assert config.requests_per_minute == 100
+
+
+def test_over_100_a_minute_only_for_sandbox():
+    real = zoho_settings(None, "", zoho_requests_per_minute=1200)
+    local = zoho_settings(None, "http://127.0.0.1:9", zoho_requests_per_minute=1200)
+
+    with pytest.raises(ZohoNotConfigured, match="more than the 100 calls"):
+        ZohoConfig.from_settings(real)
+    assert ZohoConfig.from_settings(local).requests_per_minute == 1200
 
 
 def test_free_plan_limits():

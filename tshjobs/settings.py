@@ -170,7 +170,10 @@ class Settings:
         0, "Zoho calls allowed per day. 0: the limit of TSHJOBS_ZOHO_PLAN."
     )
     zoho_requests_per_minute: int = _setting(
-        100, "Zoho calls allowed per clock minute, 1 to 100 (Zoho allows 100)."
+        100,
+        "Zoho calls allowed per clock minute, 1 to 10000. Zoho allows 100 per "
+        "organisation; more is accepted only with TSHJOBS_ZOHO_ACCOUNTS_URL "
+        "naming a sandbox or staging server.",
     )
     zoho_max_concurrent: int = _setting(
         0,
@@ -362,8 +365,8 @@ def _check_zoho_value(name: str, value) -> str | None:
         return "must be a URL such as https://accounts.zoho.eu, without a path"
     if name == "zoho_daily_limit" and not 0 <= value <= 10_000_000:
         return "must be from 0 to 10000000"
-    if name == "zoho_requests_per_minute" and not 1 <= value <= 100:
-        return "must be from 1 to 100"
+    if name == "zoho_requests_per_minute" and not 1 <= value <= 10_000:
+        return "must be from 1 to 10000"
     if name == "zoho_max_concurrent" and not 0 <= value <= 100:
         return "must be from 0 to 100"
     if name == "zoho_timeout" and not 0 < value <= 600:

@@ -42,6 +42,10 @@ REQUIRED_SETTINGS = (
 )
 
 
+# Zoho Books' limit of calls per minute per organisation.
+ZOHO_PER_MINUTE = 100
+
+
 @dataclass(frozen=True)
 class ZohoConfig:
     """The Zoho settings with every default resolved."""
@@ -87,6 +91,12 @@ class ZohoConfig:
             refresh_margin=settings.zoho_refresh_margin,
         )
         config._check_accounts_host()
+        if config.uses_zoho_accounts and config.requests_per_minute > ZOHO_PER_MINUTE:
+            raise ZohoNotConfigured(
+                f"TSHJOBS_ZOHO_REQUESTS_PER_MINUTE={config.requests_per_minute} is "
+                f"more than the {ZOHO_PER_MINUTE} calls a minute Zoho Books allows; "
+                "values above it are for the local sandbox only"
+            )
         return config
 
     @property
