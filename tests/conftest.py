@@ -60,3 +60,27 @@ def settings_env(base_env, monkeypatch):
     settings_module.reset_settings()
     yield base_env
     settings_module.reset_settings()
+
+
+@pytest.fixture
+def redis_env(settings_env, monkeypatch):
+    """Return a function that applies settings_env, a Redis URL, the task
+    modules and the worker count to this process, builds the Huey for them,
+    and returns that environment."""
+    # Imported on use, so that test files without Redis do not load the queue.
+    from tshjobs.queue import get_huey
+    from tshjobs.settings import load_settings
+
+    def apply(redis_url: str, task_modules: str, workers: int) -> dict[str, str]:
+        values = {
+            **settings_env,
+            "TSHJOBS_REDIS_URL": redis_url,
+            "TSHJOBS_TASK_MODULES": task_modules,
+            "TSHJOBS_WORKERS": str(workers),
+        }
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        get_huey(load_settings())
+        return values
+
+    return apply

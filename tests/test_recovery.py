@@ -11,21 +11,11 @@ import pytest
 from tests import sample_tasks
 from tests.consumers import ConsumerProcess, wait_for_state
 from tshjobs.queue import get_huey
-from tshjobs.settings import load_settings
 
 
 @pytest.fixture
-def env(settings_env, redis_url, monkeypatch):
-    values = {
-        **settings_env,
-        "TSHJOBS_REDIS_URL": redis_url,
-        "TSHJOBS_TASK_MODULES": "tests.sample_tasks",
-        "TSHJOBS_WORKERS": "2",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    get_huey(load_settings())
-    return values
+def env(redis_env, redis_url):
+    return redis_env(redis_url, "tests.sample_tasks", workers=2)
 
 
 @pytest.fixture

@@ -37,18 +37,9 @@ def redis(tmp_path):
 
 
 @pytest.fixture
-def env(settings_env, redis, monkeypatch):
-    values = {
-        **settings_env,
-        "TSHJOBS_REDIS_URL": redis.url,
-        "TSHJOBS_TASK_MODULES": "tests.spool_tasks",
-        # One worker runs the tasks in the order they are dequeued.
-        "TSHJOBS_WORKERS": "1",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    get_huey(load_settings())
-    return values
+def env(redis_env, redis):
+    # One worker runs the tasks in the order they are dequeued.
+    return redis_env(redis.url, "tests.spool_tasks", workers=1)
 
 
 @pytest.fixture

@@ -23,13 +23,12 @@ task fails with DeliveryUnknown instead, and a person decides.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tshjobs import sqlite_files
 from tshjobs.errors import PermanentError, TemporaryError
 from tshjobs.liveness import current_holder, holder_is_alive
 
@@ -112,13 +111,9 @@ class Claim:
 class SentLog:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._local = threading.local()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # The database also contains the dashboard's password hashes.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
+        self._connections = sqlite_files.PerThreadConnection(self._connect)
+        # The database also contains the dashboard's password hashes.
+        sqlite_files.create_file(self.path, 0o600, override_umask=False)
         conn = self._conn()
         conn.executescript(SCHEMA)
         present = {row[1] for row in conn.execute("PRAGMA table_info(email_sent_log)")}
@@ -127,13 +122,10 @@ class SentLog:
                 conn.execute(statement)
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._local.conn = conn
-            self._local.pid = os.getpid()
-        return conn
+        return self._connections.get()
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite_files.connect(self.path, timeout=10.0)
 
     def get(self, kind: str, entity_id) -> SentRecord | None:
         row = (

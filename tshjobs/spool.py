@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from tshjobs.audit import create_group_writable
+from tshjobs import sqlite_files
 from tshjobs.errors import QueueUnavailable
 from tshjobs.settings import Settings
 
@@ -102,22 +102,19 @@ class TaskSpool:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._local = threading.local()
+        self._connections = sqlite_files.PerThreadConnection(self._connect)
 
     def connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            create_group_writable(self.path)
-            conn = sqlite3.connect(
-                self.path, timeout=SPOOL_BUSY_TIMEOUT, isolation_level=None
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL syncs the WAL at every commit, because a spooled row is the
-            # only copy of its task.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(SCHEMA)
-            self._local.conn = conn
-            self._local.pid = os.getpid()
+        return self._connections.get()
+
+    def _connect(self) -> sqlite3.Connection:
+        sqlite_files.create_group_writable(self.path)
+        # FULL syncs the WAL at every commit, because a spooled row is the
+        # only copy of its task.
+        conn = sqlite_files.connect(
+            self.path, timeout=SPOOL_BUSY_TIMEOUT, pragmas=("synchronous=FULL",)
+        )
+        conn.executescript(SCHEMA)
         return conn
 
     def append(self, queue: str, task_id: str, data: bytes, priority, reason: str):
