@@ -6,6 +6,7 @@ import ctypes
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 
@@ -58,8 +59,8 @@ def _recover_forever(huey, stop: threading.Event) -> None:
     while True:
         try:
             recover_inflight(huey)
-        except RedisError as exc:
-            logger.warning("Recovery scan failed, Redis unavailable: %s", exc)
+        except (RedisError, sqlite3.Error) as exc:
+            logger.warning("Recovery scan failed, queue storage unavailable: %s", exc)
         if stop.wait(RECOVERY_INTERVAL):
             return
 

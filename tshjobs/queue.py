@@ -1,8 +1,10 @@
 """The appliance's Huey instance, its retry policy and queue-level helpers.
 
 Task modules declare tasks with `tshjobs.queue.task`; the ERP calls those
-functions to enqueue. Storage is Redis when TSHJOBS_REDIS_URL is set and
-Huey's SQLite storage in the data directory otherwise. The instance is built
+functions to enqueue. Storage is Redis when TSHJOBS_REDIS_URL is set and a
+SQLite file in the data directory otherwise; both keep a dequeued task in
+flight until its worker is done with it (`tshjobs.storage`,
+`tshjobs.sqlite_storage`). The instance is built
 lazily from the settings on first use, so importing a task module reads no
 configuration.
 """
@@ -18,7 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from huey import Huey, SqliteHuey
+from huey import Huey
 from huey import signals as S
 from huey.api import Task
 from huey.exceptions import HueyException, RetryTask
@@ -35,6 +37,7 @@ from tshjobs.audit import (
 )
 from tshjobs.serializer import SignedSerializer
 from tshjobs.settings import Settings, get_settings
+from tshjobs.sqlite_storage import ReliableSqliteStorage
 from tshjobs.storage import ReliableRedisStorage
 from tshjobs.worker import WorkerMixin, retry_delay
 
@@ -126,7 +129,7 @@ class ApplianceHuey(WorkerMixin, Huey):
         """Move the scheduled tasks that are due onto the queue.
 
         Huey's scheduler enqueues what this returns. With reliable storage
-        the tasks move inside Redis instead, so this returns nothing: a
+        the tasks move inside the storage instead, so this returns nothing: a
         consumer killed halfway through leaves each task on the schedule or
         on the queue."""
         move = getattr(self.storage, "move_due_to_queue", None)
@@ -154,7 +157,7 @@ class ApplianceHuey(WorkerMixin, Huey):
             storage_class = ReliableRedisStorage
             kwargs = {"url": settings.redis_url}
         else:
-            storage_class = SqliteHuey.storage_class
+            storage_class = ReliableSqliteStorage
             kwargs = {"filename": str(settings.queue_path)}
             create_group_writable(settings.queue_path)
         self._storage = storage_class(self.name, **kwargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import random
+import sqlite3
 import time
 
 from huey import signals as S
@@ -23,9 +24,13 @@ from tshjobs.timelimits import HardTimeLimit, in_process_worker, soft_time_limit
 
 logger = logging.getLogger(__name__)
 
-# Seconds a worker keeps trying to queue a retry while Redis is unreachable,
-# before it leaves the attempt in flight for recovery.
+# Seconds a worker keeps trying to queue a retry while the queue storage is
+# unreachable or locked, before it leaves the attempt in flight for recovery.
 REQUEUE_PATIENCE = 60.0
+
+# Errors of the queue storage that may pass: Redis unreachable, the SQLite
+# queue file locked.
+STORAGE_ERRORS = (RedisError, sqlite3.OperationalError)
 
 
 def retry_delay(delays: tuple[float, ...], retry_number: int, jitter: float) -> float:
@@ -129,7 +134,7 @@ class WorkerMixin:
 
     def _requeue_and_ack(self, task, eta, inflight) -> None:
         """Put `task` on the schedule for `eta` (on the queue for None) and
-        acknowledge its in-flight attempt, atomically. Redis errors are
+        acknowledge its in-flight attempt, atomically. Storage errors are
         retried for up to REQUEUE_PATIENCE seconds."""
         task.eta = eta
         data = self.serialize_task(task)
@@ -139,7 +144,7 @@ class WorkerMixin:
             try:
                 self.storage.schedule_and_ack(data, eta, *inflight)
                 break
-            except RedisError as exc:
+            except STORAGE_ERRORS as exc:
                 if time.monotonic() + pause > deadline:
                     self._worker.keep_inflight = True
                     raise
