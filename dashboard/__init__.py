@@ -1,8 +1,9 @@
 """The staff dashboard: a Flask app to watch tasks in the audit log and retry
 failed ones.
 
-Run it with `gunicorn dashboard.wsgi:app`. Every page except /login, /health
-and /static needs a login. Add users with `tshjobs user add NAME`.
+Run it with `gunicorn dashboard.wsgi:app`. Every page except /login, /health,
+/static and the Zoho Books webhook (/webhooks/zoho, which checks a token)
+needs a login. Add users with `tshjobs user add NAME`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import sqlite3
 from flask import Flask, render_template
 from werkzeug.exceptions import HTTPException
 
-from dashboard import auth, formatting, health, security, tasks
+from dashboard import auth, formatting, health, security, tasks, zoho
 from dashboard.security import derive_key
+from dashboard.webhooks import bp as webhooks_bp
 from tshjobs import __version__, queue, users
 from tshjobs.audit import AuditLog
 from tshjobs.settings import Settings, get_settings
@@ -82,6 +84,8 @@ def create_app(settings: Settings | None = None, test_config: dict | None = None
     formatting.init_app(app)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(webhooks_bp)
+    app.register_blueprint(zoho.bp)
     app.register_error_handler(HTTPException, _handle_http_error)
     app.jinja_env.globals["version"] = __version__
 

@@ -34,8 +34,11 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
 
-# Endpoints served without a login.
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "health.health", "static"})
+# Endpoints served without a login. Zoho Books webhooks authenticate with
+# their own token (dashboard.webhooks).
+PUBLIC_ENDPOINTS = frozenset(
+    {"auth.login", "health.health", "static", "webhooks.zoho_webhook"}
+)
 
 
 class DashboardUser(UserMixin):

@@ -23,6 +23,9 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 CSRF_SESSION_KEY = "csrf_token"
 CSRF_FORM_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
+# Endpoints that other servers call without a session: no Origin or CSRF
+# check. Zoho Books webhooks authenticate with a token and a signature.
+CSRF_EXEMPT_ENDPOINTS = frozenset({"webhooks.zoho_webhook"})
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; base-uri 'none'; form-action 'self'; "
@@ -100,7 +103,7 @@ def check_csrf_token() -> None:
 
 
 def protect_unsafe_methods() -> None:
-    if request.method in SAFE_METHODS:
+    if request.method in SAFE_METHODS or request.endpoint in CSRF_EXEMPT_ENDPOINTS:
         return
 
     check_same_origin()

@@ -1,3 +1,3 @@
 """Task modules. Importing this package registers every task with the queue."""
 
-from tasks import emails, zoho  # noqa: F401
+from tasks import emails, zoho, zoho_webhooks  # noqa: F401

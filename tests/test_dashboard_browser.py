@@ -1,11 +1,12 @@
 """The dashboard in a real headless Chromium, served by werkzeug on 127.0.0.1.
 
-Needs the Debian package `chromium` at /usr/bin/chromium and a redis-server
-for the retry queue.
+Needs the Debian package `chromium` at /usr/bin/chromium, a redis-server
+for the retry queue, and the PostgreSQL server of the tests for the Zoho page.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from pathlib import Path
@@ -15,9 +16,19 @@ from werkzeug.serving import make_server
 
 from dashboard import create_app
 from tests.services import free_port
+from tests.zoho_support import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    ORGANIZATION_ID,
+    REFRESH_TOKEN,
+)
 from tshjobs import queue, users
 from tshjobs import settings as settings_module
+from tshjobs.erp.db import init_schema
+from tshjobs.erp.queries import ErpRepository
+from tshjobs.erp.seed import seed_tiny
 from tshjobs.settings import get_settings
+from tshjobs.zoho.sandbox import SandboxConfig, SandboxServer
 
 pytestmark = pytest.mark.browser
 
@@ -32,6 +43,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard.png"
+ZOHO_SCREENSHOT = SCREENSHOT.with_name("zoho.png")
 PASSWORD = "staff password 1"
 XSS = "<script>alert(1)</script>"
 BROKEN_TASK = "tests.sample_tasks.broken"
@@ -83,8 +95,10 @@ def failed_task_id(settings):
     return add_task(audit, BROKEN_TASK, [XSS], "failed", error=f"PermanentError: {XSS}")
 
 
-@pytest.fixture
-def base_url(settings):
+@contextlib.contextmanager
+def serve_dashboard(settings):
+    """Serve the dashboard of `settings`, with the user alice, and yield its
+    URL."""
     users.add_user(settings, "alice", PASSWORD)
     app = create_app(settings)
     server = make_server("127.0.0.1", free_port(), app, threaded=True)
@@ -93,6 +107,49 @@ def base_url(settings):
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def base_url(settings):
+    with serve_dashboard(settings) as url:
+        yield url
+
+
+@pytest.fixture
+def zoho_settings(settings, pg_url, monkeypatch):
+    """The settings of `settings` with Zoho Books against the local sandbox
+    and a seeded PostgreSQL ERP."""
+    init_schema(pg_url)
+    seed_tiny(pg_url)
+    with SandboxServer(SandboxConfig(window_seconds=1.0)) as sandbox:
+        values = {
+            "TSHJOBS_ERP_DATABASE_URL": pg_url,
+            "TSHJOBS_ZOHO_ACCOUNTS_URL": sandbox.url,
+            "TSHJOBS_ZOHO_CLIENT_ID": CLIENT_ID,
+            "TSHJOBS_ZOHO_CLIENT_SECRET": CLIENT_SECRET,
+            "TSHJOBS_ZOHO_REFRESH_TOKEN": REFRESH_TOKEN,
+            "TSHJOBS_ZOHO_ORGANIZATION_ID": ORGANIZATION_ID,
+        }
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        settings_module.reset_settings()
+        yield get_settings()
+
+
+@pytest.fixture
+def failed_sync_row(zoho_settings) -> int:
+    """Mark the oldest zoho_sync_queue row failed, with an XSS string in its
+    error, and return its id."""
+    with ErpRepository(zoho_settings.erp_database_url) as erp:
+        [item] = erp.claim_sync_batch(1)
+        erp.mark_sync_failed(item.id, f"ZohoValidationError: {XSS}")
+    return item.id
+
+
+@pytest.fixture
+def zoho_base_url(zoho_settings):
+    with serve_dashboard(zoho_settings) as url:
+        yield url
 
 
 @pytest.fixture
@@ -254,3 +311,30 @@ def test_copied_cookie_dead_after_logout(browser_page, base_url):
     page.wait_for_url("**/login**")
     assert page.locator("#password").count() == 1
     assert seen["errors"] == []
+
+
+def test_zoho_retry_leaves_failed_list(browser_page, zoho_base_url, failed_sync_row):
+    page = browser_page
+    seen = watch_page(page)
+    log_in(page, zoho_base_url)
+
+    page.click("nav.topnav >> text=Zoho Books")
+    page.wait_for_url(f"{zoho_base_url}/zoho")
+    row = page.locator(f"#sync-row-{failed_sync_row}")
+    assert row.locator("td.error").inner_text() == f"ZohoValidationError: {XSS}"
+    assert page.locator("tr.sync-row").count() == 1
+    assert "1 failed" in page.locator(".sync-counts").inner_text()
+
+    row.locator("button.retry").click()
+    flash = page.locator(".flash-success")
+    flash.wait_for()
+    assert f"Row {failed_sync_row}" in flash.inner_text()
+    assert page.locator(f"#sync-row-{failed_sync_row}").count() == 0
+    assert page.locator("tr.sync-row").count() == 0
+    assert "0 failed" in page.locator(".sync-counts").inner_text()
+    ZOHO_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ZOHO_SCREENSHOT), full_page=True)
+
+    assert seen["dialogs"] == []
+    assert seen["errors"] == []
+    assert csp_problems(page, seen) == []

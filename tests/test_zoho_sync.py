@@ -124,16 +124,35 @@ def test_payment_amount_exact(sync, sandbox, erp):
 
 
 def test_line_amounts_add_up_exactly(sync, sandbox, erp):
+    run_sql(erp, "DELETE FROM order_items WHERE order_id = 1 AND id NOT IN"
+                 " (SELECT min(id) FROM order_items WHERE order_id = 1)")  # fmt: skip
     run_sql(
         erp,
-        "UPDATE order_items SET quantity = 1, unit_price = 0.1 WHERE order_id = 1",
+        "UPDATE order_items SET quantity = 3, unit_price = 0.1 WHERE order_id = 1",
     )
 
     sync.sync_order(1)
 
     order = sandbox.records("salesorders")[0]
-    lines = len(erp.get_order(1).items)
-    assert Decimal(str(order["total"])) == Decimal("0.1") * lines
+    assert Decimal(str(order["total"])) == Decimal("0.30")
+    assert order["line_items"][0]["rate"] == Decimal("0.10")
+
+
+def test_mapping_survives_sandbox_restart(tmp_path, erp):
+    config = SandboxConfig(window_seconds=1.0, state_path=tmp_path / "zoho.db")
+    with SandboxServer(config) as sandbox:
+        settings = zoho_settings(tmp_path / "data", sandbox.url)
+        with client_for(settings) as client:
+            first = ZohoSync(client, erp).sync_customer(1)
+        port = int(sandbox.url.rsplit(":", 1)[1])
+
+    with SandboxServer(config, port=port) as sandbox:
+        with client_for(settings) as client:
+            again = ZohoSync(client, erp).sync_customer(1)
+
+        assert again == first
+        assert sandbox.count("contacts") == 1
+    assert erp.get_customer(1).zoho_contact_id == first
 
 
 def test_validation_error_is_permanent(sync, sandbox, erp):

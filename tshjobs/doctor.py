@@ -105,6 +105,32 @@ def check_smtp(settings: Settings) -> str:
     return f"{host}:{port} ({settings.smtp_security}) answered{login}"
 
 
+def check_zoho(settings: Settings) -> str:
+    """Resolve the Zoho settings and read the stored token status, without
+    calling Zoho."""
+    from tshjobs.errors import ZohoReauthorizationRequired
+    from tshjobs.zoho.config import ZohoConfig
+    from tshjobs.zoho.tokens import token_status
+
+    config = ZohoConfig.from_settings(settings)
+    status = token_status(settings)
+    if status.needs_reauthorization:
+        raise ZohoReauthorizationRequired(
+            f"{status.message}. Create the new refresh token in Zoho's API "
+            "console, and restart the services after setting it"
+        )
+    if status.message:
+        # The token is blocked for another reason, such as a data centre
+        # mismatch; the message names the setting to fix.
+        raise ConfigError(status.message)
+
+    where = f"data centre {config.data_centre}, organization {config.organization_id}"
+    if status.expires_at is None:
+        return f"{where}; no access token fetched yet"
+    expires = status.expires_at.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{where}; access token stored, expires {expires} UTC"
+
+
 def run_checks(environ: dict[str, str] | None = None) -> tuple[list[Check], bool]:
     """Run every check and return the results and whether all passed."""
     try:
@@ -121,4 +147,6 @@ def run_checks(environ: dict[str, str] | None = None) -> tuple[list[Check], bool
         _check("ERP database", lambda: check_erp(settings)),
         _check("SMTP server", lambda: check_smtp(settings)),
     ]
+    if settings.zoho_enabled:
+        checks.append(_check("Zoho Books", lambda: check_zoho(settings)))
     return checks, all(check.ok for check in checks)

@@ -194,6 +194,19 @@ class Settings:
         "Comma-separated seconds before the first, second, ... retry of a Zoho "
         "sync task after a temporary error (5 retries); the last value repeats.",
     )
+    zoho_webhook_token: str = _setting(
+        "",
+        "Shared token that Zoho Books sends with each webhook, in the header "
+        "X-TSH-Webhook-Token or the query parameter token: 16 to 200 letters, "
+        "digits or -._~ characters. Empty: POST /webhooks/zoho responds with 404.",
+        secret=True,
+    )
+    zoho_webhook_secret: str = _setting(
+        "",
+        "Secret of the Zoho Books webhook, 12 to 50 letters and digits. When "
+        "set, each webhook must also carry a valid X-Zoho-Webhook-Signature.",
+        secret=True,
+    )
 
     @property
     def zoho_enabled(self) -> bool:
@@ -373,6 +386,12 @@ def _check_zoho_value(name: str, value) -> str | None:
         return "must be more than 0 and at most 600 seconds"
     if name == "zoho_refresh_margin" and not 0 <= value <= 1800:
         return "must be from 0 to 1800 seconds"
+    if name == "zoho_webhook_token" and not re.fullmatch(
+        r"[A-Za-z0-9._~-]{16,200}", value
+    ):
+        return "must be 16 to 200 letters, digits or -._~ (try: openssl rand -hex 24)"
+    if name == "zoho_webhook_secret" and not re.fullmatch(r"[A-Za-z0-9]{12,50}", value):
+        return "must be 12 to 50 letters and digits, as Zoho Books requires"
     if isinstance(value, str) and re.search(r"[\x00-\x1f\x7f\s]", value):
         return "must not contain spaces or control characters"
     return None

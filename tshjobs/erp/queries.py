@@ -28,6 +28,7 @@ from tshjobs.erp.rows import (
     to_decimal,
 )
 from tshjobs.erp.sync_queue import SyncQueueMixin
+from tshjobs.erp.webhook_writes import ZohoWebhookWritesMixin
 from tshjobs.erp.writes import ErpWritesMixin
 from tshjobs.errors import EntityNotFound
 from tshjobs.settings import Settings, get_settings
@@ -39,8 +40,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TOP_PRODUCTS = 10
 
 
-class ErpRepository(SyncQueueMixin, ErpWritesMixin):
-    """Reads (and for the Zoho sync and the demo, writes) the ERP database.
+class ErpRepository(SyncQueueMixin, ErpWritesMixin, ZohoWebhookWritesMixin):
+    """Reads (and for the Zoho sync, Zoho webhooks and the demo, writes) the
+    ERP database.
 
     `queries_file` is an optional override file of named queries. A missing
     or invalid file raises ConfigError here.

@@ -111,7 +111,8 @@ WHERE o.order_date BETWEEN :start AND :end AND o.status <> 'cancelled'
 GROUP BY p.id, p.sku, p.name, o.currency, oi.unit_price;
 
 -- Zoho Books ids. Against a production ERP, tshjobs writes only these
--- columns and the zoho_sync_queue table.
+-- columns, the zoho_sync_queue table, and the payments and invoice amounts
+-- that Zoho Books webhooks report (the last section of this file).
 
 -- name: set_customer_zoho_id
 UPDATE customers SET zoho_contact_id = :zoho_id WHERE id = :entity_id;
@@ -209,6 +210,16 @@ UPDATE zoho_sync_queue
 SET status = 'pending', updated_at = CURRENT_TIMESTAMP
 WHERE status = 'in_progress' AND updated_at < :cutoff;
 
+-- Only a failed row changes, so a second request for the same row (a double
+-- click, another user) changes nothing and returns no row.
+
+-- name: retry_failed_sync_row
+UPDATE zoho_sync_queue
+SET status = 'pending', updated_at = CURRENT_TIMESTAMP
+WHERE id = :queue_id AND status = 'failed'
+RETURNING id, entity_type, entity_id, status, attempts, last_error, created_at,
+          updated_at;
+
 -- Writes of the demo's ERP simulator. The real ERP does these itself.
 
 -- name: insert_order
@@ -268,3 +279,22 @@ RETURNING id;
 
 -- name: set_payment_number
 UPDATE payments SET payment_number = :payment_number WHERE id = :payment_id;
+
+-- Zoho Books webhooks: payments recorded in Zoho and invoice balances changed
+-- there. The invoice is locked with get_invoice_for_payment first.
+
+-- name: find_invoice_by_zoho_id
+SELECT id FROM invoices WHERE zoho_invoice_id = :zoho_id;
+
+-- name: find_payment_by_zoho_id
+SELECT id FROM payments WHERE zoho_payment_id = :zoho_id;
+
+-- name: list_invoice_payment_amounts
+SELECT amount FROM payments WHERE invoice_id = :invoice_id;
+
+-- name: insert_zoho_payment
+INSERT INTO payments (payment_number, invoice_id, customer_id, payment_date,
+                      amount, method, reference, zoho_payment_id)
+VALUES (:payment_number, :invoice_id, :customer_id, :payment_date, :amount,
+        :method, :reference, :zoho_payment_id)
+RETURNING id;

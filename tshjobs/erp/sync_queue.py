@@ -2,7 +2,8 @@
 
 The ERP adds a pending row to zoho_sync_queue when an entity changes. The
 Zoho sync claims pending rows, pushes the entities, stores the Zoho ids on
-them and marks each row done or failed. These are the only writes tshjobs
+them and marks each row done or failed. These and the payments of Zoho
+Books webhooks (tshjobs.erp.webhook_writes) are the only writes tshjobs
 makes to a production ERP database.
 """
 
@@ -139,6 +140,22 @@ class SyncQueueMixin:
                 cutoff.isoformat(timespec="seconds"),
             )
         return count
+
+    def retry_failed_sync_row(self, queue_id: int) -> SyncQueueItem | None:
+        """Set a failed row back to pending, keeping its attempts and last
+        error, and return it; return None when the row is not failed.
+
+        The check and the change are one statement, so of two requests for
+        the same row only the first gets the row. Raises EntityNotFound when
+        the row does not exist.
+        """
+        row = self.db.fetch_one("retry_failed_sync_row", {"queue_id": queue_id})
+        if row is not None:
+            return sync_item_from_row(row)
+
+        # Read only to tell a missing row from one that is not failed.
+        self.get_sync_row(queue_id)
+        return None
 
     def _mark_sync_row(
         self, queue_id: int, status: str, last_error: str | None
