@@ -31,6 +31,7 @@ from tshjobs.queue import current_task, huey, task
 from tshjobs.settings import Settings
 from tshjobs.zoho.client import ZohoClient
 from tshjobs.zoho.payloads import erp_id
+from tshjobs.zoho.ratelimit import rate_limiter
 from tshjobs.zoho.sync import ZohoSync
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ SYNC_BATCH = 200
 # the row is then synced twice, which the upsert makes harmless.
 STALE_SYNC_ROW = datetime.timedelta(hours=6)
 
+# Seconds a sync task waits for a Zoho call slot. Past that it goes back on
+# the schedule for the next rate window, so that a Zoho backlog does not hold
+# the workers that email tasks need.
+SLOT_MAX_WAIT = 5.0
+
 _clients: dict[tuple[int, int], ZohoClient] = {}
 
 
@@ -55,7 +61,8 @@ def zoho_client(settings: Settings) -> ZohoClient:
     key = (os.getpid(), threading.get_ident())
     client = _clients.get(key)
     if client is None or client.settings is not settings:
-        client = _clients[key] = ZohoClient(settings)
+        limiter = rate_limiter(settings, max_wait=SLOT_MAX_WAIT)
+        client = _clients[key] = ZohoClient(settings, limiter=limiter)
     return client
 
 

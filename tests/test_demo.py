@@ -55,11 +55,12 @@ def test_demo_plays_a_day(tmp_path):
         text=True,
     )  # fmt: skip
     try:
-        banner = read_until(process, r"password: \S+", timeout=60)
+        banner = read_until(process, r"records: http", timeout=60)
         read_until(process, r"simulated day is over", timeout=60)
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
             health = json.load(response)
+        zoho_url = re.search(r"sandbox at (http://127\.0\.0\.1:\d+)", banner)[1]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/login") as response:
             login_page = response.read().decode()
 
@@ -69,11 +70,14 @@ def test_demo_plays_a_day(tmp_path):
             if not {"queued", "running"} & {s for s, n in states.items() if n}:
                 break
             time.sleep(0.5)
+        with urllib.request.urlopen(f"{zoho_url}/_sandbox/count/contacts") as response:
+            contacts = json.load(response)
     finally:
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=60)[0]
 
     assert "user: admin" in banner
+    assert contacts["count"] > 0
     assert data_dir.stat().st_mode & 0o777 == 0o700
     assert health["status"] == "ok"
     assert "Log in" in login_page or "login" in login_page.lower()

@@ -75,8 +75,13 @@ def consumer(workers, worker_type, no_periodic):  # fmt: skip
     configure_logging(settings.log_level)
 
     from tshjobs.consumer import run_consumer
+    from tshjobs.zoho.startup import check_zoho_at_start
 
     _load_tasks(settings)
+    try:
+        check_zoho_at_start(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     run_consumer(settings, workers, worker_type, periodic=not no_periodic)
 
 

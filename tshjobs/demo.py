@@ -1,10 +1,12 @@
 """`tshjobs demo`: the whole appliance on embedded defaults, on one machine.
 
 It runs a SQLite queue, a seeded SQLite ERP, a local SMTP server that stores
-every message as a .eml file, a consumer, and the dashboard on 127.0.0.1. A
-simulated ERP then plays a day of activity (orders, invoices, payments, some
-customers without email, some SMTP failures) through the same task calls
-the real ERP makes.
+every message as a .eml file, the local Zoho Books sandbox, a consumer, and
+the dashboard on 127.0.0.1. A simulated ERP then plays a day of activity
+(orders, invoices, payments, some customers without email, some SMTP
+failures) through the same task calls the real ERP makes: each event sends
+its email and syncs its records to the sandbox, at Zoho's 100 calls a
+minute.
 """
 
 from __future__ import annotations
@@ -46,9 +48,13 @@ def _secret_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def demo_environment(data_dir: Path, smtp_port: int, port: int) -> dict[str, str]:
-    """Return the TSHJOBS_* settings of the demo's processes."""
+def demo_environment(
+    data_dir: Path, smtp_port: int, port: int, zoho=None
+) -> dict[str, str]:
+    """Return the TSHJOBS_* settings of the demo's processes; `zoho` is the
+    running SandboxServer, if any."""
     return {
+        **(_zoho_environment(zoho) if zoho is not None else {}),
         "TSHJOBS_ENV_FILE": "",
         "TSHJOBS_DATA_DIR": str(data_dir),
         "TSHJOBS_SECRET_KEY": _secret_key(data_dir),
@@ -62,6 +68,28 @@ def demo_environment(data_dir: Path, smtp_port: int, port: int) -> dict[str, str
         "TSHJOBS_RETRY_DELAYS": "5,10,20",
         "TSHJOBS_WORKERS": "4",
     }
+
+
+def _zoho_environment(zoho) -> dict[str, str]:
+    config = zoho.config
+    return {
+        "TSHJOBS_ZOHO_ACCOUNTS_URL": zoho.url,
+        "TSHJOBS_ZOHO_CLIENT_ID": config.client_id,
+        "TSHJOBS_ZOHO_CLIENT_SECRET": config.client_secret,
+        "TSHJOBS_ZOHO_REFRESH_TOKEN": config.refresh_token,
+        "TSHJOBS_ZOHO_ORGANIZATION_ID": config.organization_id,
+        "TSHJOBS_ZOHO_PLAN": "premium",
+        "TSHJOBS_ZOHO_RETRY_DELAYS": "10,20,40",
+    }
+
+
+def _start_zoho_sandbox(data_dir: Path):
+    """Start the Zoho Books sandbox, keeping its records in the data directory
+    across demo runs; return it."""
+    from tshjobs.zoho.sandbox import SandboxConfig, SandboxServer
+
+    config = SandboxConfig(state_path=data_dir / "zoho-sandbox.db", daily_limit=10_000)
+    return SandboxServer(config, host="127.0.0.1", port=0).start()
 
 
 def _seed_erp(data_dir: Path, customers: int, orders: int) -> None:
@@ -141,7 +169,7 @@ class ErpSimulator:
 
     def play(self, today) -> str:
         """Play one event and return what it was."""
-        from tasks import emails
+        from tasks import emails, zoho
 
         roll = self.rng.random()
         if roll < 0.5:
@@ -153,10 +181,12 @@ class ErpSimulator:
                 self.rng.choice(self.customer_ids), items, today
             )
             emails.send_order_confirmation_email(order_id)
+            zoho.sync_order(order_id)
             return f"order {order_id}"
         if roll < 0.75 and (order_id := self._uninvoiced_order()):
             invoice_id = self.erp.create_invoice_for_order(order_id, today, 30)
             emails.send_invoice_email(invoice_id)
+            zoho.sync_invoice(invoice_id)
             return f"invoice {invoice_id}"
         if roll < 0.9 and (invoice_id := self._open_invoice()):
             invoice = self.erp.get_invoice(invoice_id)
@@ -164,6 +194,7 @@ class ErpSimulator:
                 invoice_id, invoice.balance, today, "bank_transfer"
             )
             emails.send_payment_receipt(payment_id)
+            zoho.sync_payment(payment_id)
             return f"payment {payment_id}"
         if roll < 0.95:
             customer_id = self.rng.choice(self.customer_ids)
@@ -203,12 +234,17 @@ def _check_port_free(port: int) -> None:
             ) from None
 
 
-def _print_banner(port: int, password: str, mail_dir: Path, data_dir: Path) -> None:
+def _print_banner(
+    port: int, password: str, mail_dir: Path, data_dir: Path, zoho_url: str
+) -> None:
     print(
         f"""
 tshjobs demo is running.
   Dashboard:  http://127.0.0.1:{port}/   user: admin   password: {password}
   Emails:     {mail_dir}/*.eml
+  Zoho Books: sandbox at {zoho_url}
+              calls: {zoho_url}/_sandbox/stats
+              records: {zoho_url}/_sandbox/records/salesorders
   Logs:       {data_dir}/consumer.log, {data_dir}/dashboard.log
   Press Ctrl-C to stop.
 """,
@@ -240,7 +276,8 @@ def run_demo(data_dir, *, port=8080, customers=2000, orders=20000, events=300,
         TEMPORARY_FAILURE_SHARE, 451, "4.3.0 Demo server busy, try again later"
     )
 
-    env = demo_environment(data_dir, capture.port, port)
+    zoho = _start_zoho_sandbox(data_dir)
+    env = demo_environment(data_dir, capture.port, port, zoho)
     os.environ.update(env)
     settings = load_settings()
     get_huey(settings)
@@ -255,7 +292,7 @@ def run_demo(data_dir, *, port=8080, customers=2000, orders=20000, events=300,
          "dashboard.wsgi:app"],
         env, data_dir / "dashboard.log",
     )  # fmt: skip
-    _print_banner(port, password, mail_dir, data_dir)
+    _print_banner(port, password, mail_dir, data_dir, zoho.url)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -286,4 +323,5 @@ def run_demo(data_dir, *, port=8080, customers=2000, orders=20000, events=300,
         _stop(consumer, signal.SIGINT)
         _stop(dashboard, signal.SIGTERM)
         capture.stop()
+        zoho.stop()
         lock.close()
