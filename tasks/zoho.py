@@ -180,7 +180,7 @@ def sync_all_pending(batch: int = SYNC_BATCH) -> str:
     return f"enqueued {len(items)} syncs; zoho_sync_queue: {counts}"
 
 
-@huey.periodic_task(crontab(minute="0"), name="tasks.zoho.hourly_sync")
+@huey.periodic_task(crontab(minute="0"))
 def hourly_sync() -> None:
     """Enqueue sync_all_pending at the start of every hour, when Zoho Books
     is configured."""

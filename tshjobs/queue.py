@@ -289,6 +289,15 @@ def task(
                 if errors.is_temporary(exc) and retry_at is not None:
                     # Huey's RetryTask keeps the retry count as it is.
                     message = f"{type(exc).__name__}: {exc}"
+                    logger.info("Task %s waits until %s without using a retry: %s",
+                                task.id, retry_at, message,
+                                extra={"task_id": task.id})  # fmt: skip
+                    # Huey sends no error signal for RetryTask, so the
+                    # reason is written here.
+                    try:
+                        huey.audit.record_failed(task.id, message, "", final=False)
+                    except Exception:  # noqa: BLE001 - logged by log_write_failure
+                        log_write_failure(task.id, "waiting")
                     raise RetryTask(message, eta=retry_at) from exc
                 if errors.is_temporary(exc) and task.retries:
                     settings = huey.settings
