@@ -105,20 +105,45 @@ def test_daily_cap_waits_without_failing(consumer, audit, sandbox, erp):
     assert all("ZohoDailyLimitReached" in row["error"] for row in waiting)
 
 
-def test_permanent_error_fails_with_erp_id(consumer, audit, sandbox, erp, pg_url):
+def test_amount_rounded_and_row_done(consumer, audit, sandbox, erp, pg_url):
     from tasks.zoho import sync_product
 
     with connect(pg_url) as database:
-        database.execute_sql("UPDATE products SET unit_price = 0.001 WHERE id = 1")
-    sandbox.set_config(price_precision=2)
+        database.execute_sql("UPDATE products SET unit_price = 0.005 WHERE id = 1")
     queue_id = erp.enqueue_sync("product", 1)
     erp.claim_sync_batch(50)
 
     task_id = sync_product(1, queue_id=queue_id).id
 
     row = wait_for_state(audit, task_id, ("succeeded", "failed"))
-    assert row["state"] == "succeeded"
+    assert row["state"] == "succeeded", row["error"]
     assert erp.get_sync_row(queue_id).status == "done"
+    assert str(sandbox.records("items")[0]["rate"]) == "0.01"
+
+
+def test_permanent_error_fails_row_with_erp_id(consumer, audit, erp, pg_url):
+    from tasks.zoho import sync_customer
+
+    with connect(pg_url) as database:
+        rows = database.fetch_all_sql(
+            "INSERT INTO customers (name, email) VALUES ('Gone Ltd', 'g@x.example')"
+            " RETURNING id"
+        )
+    customer_id = rows[0]["id"]
+    queue_id = erp.enqueue_sync("customer", customer_id)
+    erp.claim_sync_batch(50)
+    with connect(pg_url) as database:
+        database.execute_sql(
+            "DELETE FROM customers WHERE id = :id", {"id": customer_id}
+        )
+
+    task_id = sync_customer(customer_id, queue_id=queue_id).id
+
+    row = wait_for_state(audit, task_id, ("succeeded", "failed"))
+    assert row["state"] == "failed"
+    sync_row = erp.get_sync_row(queue_id)
+    assert sync_row.status == "failed"
+    assert sync_row.last_error.startswith(f"C-{customer_id}: EntityNotFound")
 
 
 def test_sync_all_pending_drains_queue(consumer, audit, sandbox, erp):
