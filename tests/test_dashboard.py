@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+import tests.sample_tasks  # noqa: F401 - registers the tasks enqueued by name
 from dashboard import auth, create_app
 from dashboard.ratelimit import LoginThrottle
 from dashboard.security import is_safe_redirect
