@@ -163,3 +163,32 @@ def test_validation_error_is_permanent(sync, sandbox, erp):
     assert len(sandbox.records("contacts")[0]["contact_name"]) <= 200
     with pytest.raises(ZohoValidationError):
         sync.client.upsert("/contacts", "contact", "cf_erp_id", "C-9", {})
+
+
+UPDATES = {
+    "product": ("items", "UPDATE products SET name = 'Renamed item' WHERE id = 1",
+                "name", "Renamed item"),
+    "order": ("salesorders",
+              "UPDATE orders SET order_date = DATE '2026-01-02' WHERE id = 1",
+              "date", "2026-01-02"),
+    "invoice": ("invoices",
+                "UPDATE invoices SET due_date = DATE '2027-03-04' WHERE id = 1",
+                "due_date", "2027-03-04"),
+    "payment": ("customerpayments",
+                "UPDATE payments SET reference = 'REF-NEW' WHERE id = 1",
+                "reference_number", "REF-NEW"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("entity_type", list(UPDATES))
+def test_each_entity_created_then_updated(sync, sandbox, erp, entity_type):
+    entity, sql, field, value = UPDATES[entity_type]
+    zoho_id = sync.sync(entity_type, 1)
+    run_sql(erp, sql)
+
+    again = sync.sync(entity_type, 1)
+
+    records = [r for r in sandbox.records(entity) if r["cf_erp_id"].endswith("-1")]
+    assert again == zoho_id
+    assert len(records) == 1
+    assert str(records[0][field]) == value
