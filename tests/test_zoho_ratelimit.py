@@ -185,6 +185,29 @@ def test_acquire_gives_up_after_max_wait(store):
     assert "GET /contacts" in str(caught.value)
 
 
+def test_turned_away_callers_spread_over_later_windows(store):
+    # A fixed clock in the middle of a 60 s window, so the window stays full.
+    now = 1_800_000_030.0
+    limiter = make_limiter(
+        store, requests_per_window=3, window_seconds=60.0, max_wait=0,
+        clock=lambda: now,
+    )  # fmt: skip
+    for _ in range(3):
+        limiter.release(limiter.acquire())
+
+    retry_at = []
+    for _ in range(7):
+        with pytest.raises(ZohoRateLimited) as caught:
+            limiter.acquire()
+        retry_at.append(caught.value.retry_at.timestamp())
+
+    window_end = 1_800_000_060.0
+    windows = [int((at - window_end) // 60) for at in retry_at]
+    assert windows == [0, 0, 0, 1, 1, 1, 2]
+    assert retry_at == sorted(retry_at)
+    assert len({round(at) for at in retry_at[:3]}) == 3
+
+
 def test_daily_cap_raises_daily_limit_reached(tmp_path, sandbox, store_url):
     settings = zoho_settings(
         tmp_path / "data", sandbox.url, store_url, zoho_daily_limit=3

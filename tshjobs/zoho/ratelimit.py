@@ -137,6 +137,8 @@ class RateLimiter:
             else:
                 wake_at = min(at, request.now + SLOT_POLL_INTERVAL)
             if wake_at > deadline:
+                if decision == Decision.WINDOW_FULL:
+                    at = self._turn(request)
                 raise ZohoRateLimited(
                     f"no Zoho call slot came free within {self.max_wait:g} s",
                     retry_at=_utc(at),
@@ -211,6 +213,24 @@ class RateLimiter:
             resets_at=resets_at,
             daily_limit_reached=reached,
             message=message,
+        )
+
+    def _turn(self, request: Request) -> float:
+        """Return when a caller turned away from a full window should try
+        again. The callers turned away in one window are spread evenly over
+        the following windows, `requests_per_window` to a window, so that they
+        do not all come back at once and most find a free slot then."""
+        position = self.store.take_turn(
+            self.organization_id, request.window_start, request.window_end
+        )
+        windows_ahead, place = divmod(position, self.requests_per_window)
+        share = place / self.requests_per_window
+        usable = self.window_seconds - self.window_guard
+        return (
+            request.window_end
+            + windows_ahead * self.window_seconds
+            + share * usable
+            + random.uniform(0, self.jitter * 0.1)
         )
 
     def _request(self, slot_id: str) -> Request:

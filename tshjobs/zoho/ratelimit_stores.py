@@ -144,12 +144,27 @@ class RedisLimitStore:
             resets_at=float(stored.get(b"resets_at", 0)),
         )
 
+    def take_turn(self, organization_id, window_start, window_end) -> int:
+        """Count one more caller turned away in this window; return how many
+        were turned away before it."""
+        key = f"{REDIS_PREFIX}overflow:{organization_id}:{window_start:.3f}"
+        pipe = self.redis.pipeline()
+        pipe.incr(key)
+        pipe.expireat(key, int(window_end) + 60)
+        return int(pipe.execute()[0]) - 1
+
     def _window_key(self, organization_id: str, window_start: float) -> str:
         return f"{REDIS_PREFIX}window:{organization_id}:{window_start:.3f}"
 
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS zoho_rate_window (
+    organization_id TEXT NOT NULL,
+    window_start REAL NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (organization_id, window_start)
+);
+CREATE TABLE IF NOT EXISTS zoho_rate_overflow (
     organization_id TEXT NOT NULL,
     window_start REAL NOT NULL,
     count INTEGER NOT NULL,
@@ -199,6 +214,22 @@ class SqliteLimitStore:
     def release(self, organization_id: str, slot_id: str) -> None:
         with self.file.transaction() as conn:
             conn.execute("DELETE FROM zoho_rate_slot WHERE slot_id = ?", (slot_id,))
+
+    def take_turn(self, organization_id, window_start, window_end) -> int:
+        """Count one more caller turned away in this window; return how many
+        were turned away before it."""
+        with self.file.transaction() as conn:
+            conn.execute(
+                "DELETE FROM zoho_rate_overflow WHERE window_start < ?",
+                (window_start,),
+            )
+            count = conn.execute(
+                "INSERT INTO zoho_rate_overflow (organization_id, window_start, "
+                "count) VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET count = count + 1"
+                " RETURNING count",
+                (organization_id, window_start),
+            ).fetchone()[0]
+        return count - 1
 
     def fill_window(self, organization_id, window_start, window_end, limit) -> None:
         with self.file.transaction() as conn:
