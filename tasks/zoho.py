@@ -25,11 +25,13 @@ import threading
 
 from huey import crontab
 
-from tasks.emails import erp_repository
+from tasks.emails import deliver, erp_repository, sent_log
 from tshjobs import errors
+from tshjobs.mail import compose
 from tshjobs.queue import current_task, huey, task
 from tshjobs.settings import Settings
 from tshjobs.zoho.client import ZohoClient
+from tshjobs.zoho.config import ZohoConfig
 from tshjobs.zoho.payloads import erp_id
 from tshjobs.zoho.ratelimit import rate_limiter
 from tshjobs.zoho.sync import ZohoSync
@@ -79,11 +81,25 @@ def run_sync(entity_type: str, entity_id: int, queue_id: int | None) -> str:
         zoho_id = ZohoSync(zoho_client(settings), erp).sync(entity_type, entity_id)
     except Exception as exc:
         _mark_failure(erp, queue_id, entity_type, entity_id, exc)
-        raise
+        if isinstance(exc, errors.ZohoReauthorizationRequired):
+            _alert_reauthorization(settings)
+        if errors.is_temporary(exc):
+            raise
+        # The audit log shows the ERP id with Zoho's message.
+        reason = f"{erp_id(entity_type, entity_id)}: {type(exc).__name__}: {exc}"
+        raise errors.ZohoSyncFailed(reason) from exc
 
     if queue_id:
         erp.mark_sync_done(queue_id)
     return f"{erp_id(entity_type, entity_id)} synced as Zoho {zoho_id}"
+
+
+def _alert_reauthorization(settings: Settings) -> None:
+    """Enqueue the re-authorisation alert, unless the sent log shows it is
+    sent or being sent for these credentials."""
+    credentials = ZohoConfig.from_settings(settings).credentials_id
+    if sent_log(settings).get(REAUTHORIZATION_ALERT, credentials) is None:
+        send_zoho_reauthorization_alert(credentials)
 
 
 def _mark_failure(erp, queue_id, entity_type, entity_id, exc) -> None:
@@ -178,6 +194,40 @@ def sync_all_pending(batch: int = SYNC_BATCH) -> str:
         sync_all_pending(batch)
     logger.info("Enqueued %d Zoho syncs; queue now %s", len(items), counts)
     return f"enqueued {len(items)} syncs; zoho_sync_queue: {counts}"
+
+
+REAUTHORIZATION_ALERT = "zoho_reauthorization"
+
+
+@task(retries=3)
+def send_zoho_reauthorization_alert(credentials_id: str, force: bool = False) -> str:
+    """Email TSHJOBS_MANAGEMENT_EMAILS that Zoho rejected the refresh token
+    and a person must authorise the appliance again.
+
+    Idempotent: sent once per set of credentials (sent log key
+    `zoho_reauthorization`, credentials id), so a new refresh token that
+    fails again alerts again."""
+
+    def build(erp, settings):
+        return compose.report(
+            settings.management_emails,
+            "Zoho Books sync stopped: authorise the appliance again",
+            {"intro": REAUTHORIZATION_TEXT},
+            [],
+            settings,
+        )
+
+    return deliver(REAUTHORIZATION_ALERT, credentials_id, build, force)
+
+
+REAUTHORIZATION_TEXT = (
+    "Zoho Books rejected the appliance's refresh token (invalid_code), so no "
+    "record is synced until a person authorises the appliance again. Create a "
+    "new refresh token in Zoho's API console, set TSHJOBS_ZOHO_REFRESH_TOKEN in "
+    "/etc/tshjobs/tshjobs.env, restart the appliance (systemctl restart "
+    "tshjobs.target), then retry the failed rows on the dashboard's Zoho Books "
+    "page."
+)
 
 
 @huey.periodic_task(crontab(minute="0"))

@@ -9,9 +9,11 @@ import pytest
 
 from tests.consumers import ConsumerProcess, wait_for_state
 from tests.faults.zoho import zoho_env
+from tests.services import free_port
 from tshjobs.erp.db import connect, init_schema
 from tshjobs.erp.queries import ErpRepository
 from tshjobs.erp.seed import seed_tiny
+from tshjobs.mail.capture import CaptureServer
 from tshjobs.queue import get_huey
 from tshjobs.settings import load_settings
 from tshjobs.zoho.sandbox import SandboxConfig, SandboxServer
@@ -33,10 +35,20 @@ def erp(pg_url):
 
 
 @pytest.fixture
-def env(settings_env, pg_url, redis_url, sandbox, monkeypatch):
+def smtp(tmp_path):
+    server = CaptureServer(tmp_path / "mail", host="127.0.0.1", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(settings_env, pg_url, redis_url, sandbox, smtp, monkeypatch):
     values = {
         **settings_env,
         **zoho_env(sandbox),
+        "TSHJOBS_SMTP_PORT": str(smtp.port),
+        "TSHJOBS_MANAGEMENT_EMAILS": "ops@tsh.example",
         "TSHJOBS_REDIS_URL": redis_url,
         "TSHJOBS_ERP_DATABASE_URL": pg_url,
         "TSHJOBS_ZOHO_RETRY_DELAYS": "0.5",
@@ -163,3 +175,32 @@ def test_sync_all_pending_drains_queue(consumer, audit, sandbox, erp):
         )
     )
     assert erp.count_sync_rows()["done"] >= 3
+
+
+def test_reauthorization_fails_and_alerts_once(consumer, audit, sandbox, smtp):
+    from tasks.zoho import sync_customer
+
+    sandbox.revoke_refresh_token(revoke_access_tokens=True)
+    task_ids = [sync_customer(customer_id).id for customer_id in (1, 2)]
+
+    rows = [
+        wait_for_state(audit, task_id, ("succeeded", "failed")) for task_id in task_ids
+    ]
+    alert_name = "tasks.zoho.send_zoho_reauthorization_alert"
+
+    def alerts_final():
+        alerts = audit.search(name=alert_name)
+        if alerts and all(row["state"] in ("succeeded", "failed") for row in alerts):
+            return alerts
+        return None
+
+    alert_tasks = wait_until(alerts_final)
+    emails = list(smtp.directory.glob("*.eml"))
+
+    assert [row["state"] for row in rows] == ["failed", "failed"]
+    assert rows[0]["error"].startswith(
+        "ZohoSyncFailed: C-1: ZohoReauthorizationRequired"
+    )
+    assert {row["state"] for row in alert_tasks} == {"succeeded"}
+    assert len(emails) == 1
+    assert "authorise the appliance again" in emails[0].read_text()

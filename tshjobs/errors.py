@@ -194,6 +194,12 @@ class ZohoDuplicate(ZohoValidationError):
     contact with this name exists) or a duplicate unique custom field."""
 
 
+class ZohoSyncFailed(PermanentError):
+    """Raised by a sync task whose entity cannot be synced without a person:
+    the message starts with the entity's ERP id (such as "C-17"), then the
+    error that stopped it."""
+
+
 class ZohoServerError(ZohoError, TemporaryError):
     """Raised on HTTP 5xx, code 1000 (internal error) or a response that is
     not Zoho's JSON envelope."""
