@@ -958,3 +958,14 @@ def test_repository_from_settings(settings_env, tmp_path, monkeypatch):
     with ErpRepository.from_settings() as repository:
         customer_id = add_customer(repository, name="smith & sons")
         assert repository.get_customer(customer_id).name == "SMITH & SONS"
+
+
+def test_scrub_password_masks_raw_and_decoded():
+    from tshjobs.erp.urls import redact_url, scrub_password
+
+    url = "postgresql://u:p%40ss@127.0.0.1/db"
+    message = 'invalid token: "p%40ss", login for p@ss failed'
+
+    assert scrub_password(message, url) == 'invalid token: "***", login for *** failed'
+    assert "p%40ss" not in redact_url(url)
+    assert redact_url("postgresql://u:pa/ss#x@h/db") == "postgresql://u:***@h/db"

@@ -163,3 +163,45 @@ def test_describe_hides_url_password():
     ).describe()
 
     assert described["TSHJOBS_REDIS_URL"] == "redis://:***@127.0.0.1:6379/1"
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "secret"),
+    [
+        ("TSHJOBS_ERP_DATABASE_URL", "postgresql://u:Secr%zzet@127.0.0.1/db", "zzet"),
+        ("TSHJOBS_ERP_DATABASE_URL", "postgresql://u:pa#ss@127.0.0.1:5999/db", "pa#ss"),
+        ("TSHJOBS_ERP_DATABASE_URL", "postgresql://u:pa/ss@127.0.0.1/db", "pa/ss"),
+        (
+            "TSHJOBS_ERP_DATABASE_URL",
+            "postgresql://u:open sesame@127.0.0.1/db",
+            "sesame",
+        ),
+        ("TSHJOBS_REDIS_URL", "redis://:pa#ss@127.0.0.1:6379/0", "pa#ss"),
+    ],
+)
+def test_unencoded_url_password_rejected_unshown(name, url, secret):
+    environ = {
+        "TSHJOBS_ENV_FILE": "",
+        "TSHJOBS_SECRET_KEY": "k" * 40,
+        "TSHJOBS_ERP_DATABASE_URL": "sqlite:///erp.db",
+        name: url,
+    }
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+
+    assert name in str(caught.value)
+    assert "percent-encoded" in str(caught.value)
+    assert secret not in str(caught.value)
+
+
+def test_encoded_url_password_accepted():
+    environ = {
+        "TSHJOBS_ENV_FILE": "",
+        "TSHJOBS_SECRET_KEY": "k" * 40,
+        "TSHJOBS_ERP_DATABASE_URL": "postgresql://u:p%40ss%23@127.0.0.1:5432/db",
+    }
+
+    settings = load_settings(environ)
+
+    assert settings.erp_database_url.endswith("/db")

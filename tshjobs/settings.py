@@ -242,8 +242,9 @@ class Settings:
 
 
 def redact(text: str) -> str:
-    """Hide the password of a URL such as postgresql://user:pw@host/db."""
-    return re.sub(r"(://[^/@:\s]*:)[^/@\s]*@", r"\1***@", text)
+    """Hide the password of a URL such as postgresql://user:pw@host/db, also
+    one with unencoded "/", "#" or "?" in it (up to the last "@")."""
+    return re.sub(r"(://[^/@:\s]*:).*@", r"\1***@", text)
 
 
 def env_name(field_name: str) -> str:
@@ -342,6 +343,12 @@ def _check_value(name: str, value) -> str | None:
         return "must start with postgresql:// or sqlite:/// and name a database"
     if name == "redis_url" and value and not re.match(r"rediss?://", value):
         return "must start with redis:// or rediss://, or be empty"
+    if name in ("erp_database_url", "redis_url") and value:
+        from tshjobs.erp.urls import url_problem
+
+        problem = url_problem(value)
+        if problem:
+            return "is not a valid URL: " + problem
     if name == "smtp_security" and value not in SMTP_SECURITY_MODES:
         return "allowed: " + ", ".join(SMTP_SECURITY_MODES)
     if name == "worker_type" and value not in WORKER_TYPES:

@@ -37,7 +37,7 @@ from psycopg.rows import dict_row
 
 from tshjobs.erp.named_queries import QueryCatalog, load_queries, to_pyformat
 from tshjobs.erp.sqlite_values import sqlite_params, sqlite_value
-from tshjobs.erp.urls import dialect_of, redact_url, sqlite_path
+from tshjobs.erp.urls import dialect_of, redact_url, scrub_password, sqlite_path
 from tshjobs.errors import ConfigError, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ class Database:
             except psycopg.OperationalError as exc:
                 raise ErpUnavailable(
                     f"cannot connect to the ERP database {redact_url(self.url)}: "
-                    f"{str(exc).strip()}"
+                    f"{scrub_password(str(exc).strip(), self.url)}"
                 ) from None
         else:
             connection = self._open_sqlite()
@@ -390,7 +390,8 @@ class Database:
             yield
         except psycopg.OperationalError as exc:
             raise ErpUnavailable(
-                f"ERP database {redact_url(self.url)} failed: {str(exc).strip()}"
+                f"ERP database {redact_url(self.url)} failed: "
+                f"{scrub_password(str(exc).strip(), self.url)}"
             ) from exc
         except sqlite3.OperationalError as exc:
             message = str(exc)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit
+import re
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from tshjobs.errors import ConfigError
 
@@ -19,8 +20,56 @@ def dialect_of(url: str) -> str:
     )
 
 
+# Characters allowed unencoded in the user part of a URL (RFC 3986).
+_USERINFO = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:]|%[0-9A-Fa-f]{2})*")
+
+
+def _raw_userinfo(url: str) -> str | None:
+    """Return the text between "://" and the last "@" before the path, read
+    without urlsplit, which stops early at a "/", "#" or "?" in a password."""
+    _, separator, rest = url.partition("://")
+    if not separator or "@" not in rest:
+        return None
+    return rest[: rest.rindex("@")]
+
+
+def url_problem(url: str) -> str | None:
+    """Return what makes a database or Redis URL unusable, without showing
+    its password, or None."""
+    userinfo = _raw_userinfo(url)
+    if userinfo is not None and not _USERINFO.fullmatch(userinfo):
+        return (
+            "its user name or password contains characters that must be "
+            "percent-encoded in a URL (such as %, #, /, ?, @ or a space); "
+            "write them as %25, %23, %2F, %3F, %40 and %20"
+        )
+    try:
+        urlsplit(url).port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "its port is not a number from 0 to 65535"
+    return None
+
+
+def scrub_password(text: str, url: str) -> str:
+    """Return `text`, such as a driver's error message, with the URL's
+    password masked wherever it appears, raw or decoded."""
+    userinfo = _raw_userinfo(url)
+    if not userinfo or ":" not in userinfo:
+        return text
+    password = userinfo.partition(":")[2]
+    for form in {password, unquote(password)}:
+        if form:
+            text = text.replace(form, "***")
+    return text
+
+
 def redact_url(url: str) -> str:
     """Return the URL with its password, in the user part or the query, masked."""
+    userinfo = _raw_userinfo(url)
+    if userinfo is not None and not _USERINFO.fullmatch(userinfo):
+        user = userinfo.partition(":")[0]
+        rest = url.partition("://")[2]
+        url = f"{url.partition('://')[0]}://{user}:***@{rest[rest.rindex('@') + 1 :]}"
     try:
         parts = urlsplit(url)
         password = parts.password
