@@ -97,13 +97,20 @@ class SentLogReader:
             conn = sqlite3.connect(self.path, timeout=10.0)
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
-        try:
-            return conn.execute(sql, (value,)).fetchone()
-        except sqlite3.OperationalError as exc:
-            # A consumer creates the file a moment before the table.
-            if "no such table" in str(exc):
-                return None
-            raise
+
+        # A reader can meet "locking protocol" (SQLITE_PROTOCOL) while a
+        # killed writer's WAL is recovered; it passes on a second try.
+        for attempt in range(50):
+            try:
+                return conn.execute(sql, (value,)).fetchone()
+            except sqlite3.OperationalError as exc:
+                # A consumer creates the file a moment before the table.
+                if "no such table" in str(exc):
+                    return None
+                if "locking protocol" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.02)
+        return None
 
 
 class TrapServer(CaptureServer):

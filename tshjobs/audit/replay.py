@@ -39,6 +39,8 @@ TRANSIENT_SQLITE_CODES = frozenset(
     {
         sqlite3.SQLITE_BUSY,
         sqlite3.SQLITE_LOCKED,
+        # Raised while a crashed writer's WAL is being recovered.
+        sqlite3.SQLITE_PROTOCOL,
         sqlite3.SQLITE_READONLY,
         sqlite3.SQLITE_IOERR,
         sqlite3.SQLITE_FULL,
