@@ -13,8 +13,10 @@ Pass `force=True` to send a repeat.
 from __future__ import annotations
 
 import datetime
+import email.policy
 import logging
 from collections.abc import Callable
+from email import message_from_bytes
 from email.message import EmailMessage
 
 from tshjobs.erp.queries import ErpRepository
@@ -78,21 +80,18 @@ def deliver(
         return f"skipped: already sent to {record.recipient} as {record.message_id}"
 
     try:
-        message = build(erp_repository(settings), settings)
+        message = _message_to_send(claim, build, settings)
     except BaseException:
         log.release(claim)
         raise
 
-    if claim.message_id:
-        # An earlier attempt may have delivered this email. The copy keeps
-        # its Message-ID, so a mail system that drops duplicate Message-IDs
-        # keeps one of the two.
-        message.replace_header("Message-ID", claim.message_id)
     recipient = str(message["To"])
     message_id = str(message["Message-ID"])
+    data = message.as_bytes()
     try:
         get_sender(settings).send(
-            message, before_data=lambda: log.mark_sending(claim, recipient, message_id)
+            message,
+            before_data=lambda: log.mark_sending(claim, recipient, message_id, data),
         )
     except BaseException as exc:
         log.release(claim, maybe_delivered=getattr(exc, "maybe_delivered", False))
@@ -108,6 +107,22 @@ def deliver(
     )  # fmt: skip
     again = " (again, same Message-ID)" if claim.maybe_delivered else ""
     return f"sent to {recipient} as {message_id}{again}"
+
+
+def _message_to_send(claim, build, settings) -> EmailMessage:
+    """Return the message an attempt sends: the bytes an earlier attempt
+    may have delivered, unchanged, or a new message from the ERP."""
+    if claim.message:
+        # The copy is the same message with the same Message-ID, even if the
+        # ERP row changed since, so a mail system that drops duplicate
+        # Message-IDs keeps a correct one.
+        return message_from_bytes(claim.message, policy=email.policy.default)
+
+    message = build(erp_repository(settings), settings)
+    if claim.message_id:
+        # A sent log written before messages were stored: keep the ID.
+        message.replace_header("Message-ID", claim.message_id)
+    return message
 
 
 @task(retries=EMAIL_RETRIES)

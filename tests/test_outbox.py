@@ -254,3 +254,15 @@ def test_new_database_is_private(tmp_path):
     SentLog(tmp_path / "tshjobs.db")
 
     assert (tmp_path / "tshjobs.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_resend_gets_bytes_first_sent(log, dead_holder):
+    claim = log.claim("invoice", 7, "task-1", holder=dead_holder)
+    log.mark_sending(claim, "a@example.com", "<m@x>", b"first message bytes")
+
+    again = log.claim("invoice", 7, "task-1")
+
+    assert again.message == b"first message bytes"
+    log.mark_sending(again, "a@example.com", "<m@x>", again.message)
+    log.mark_sent(again)
+    assert log.claim("invoice", 7, "task-2") is None

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS email_sent_log (
     send_count INTEGER NOT NULL DEFAULT 0,
     holder TEXT,
     maybe_delivered INTEGER NOT NULL DEFAULT 0,
+    message BLOB,
     PRIMARY KEY (kind, entity_id)
 );
 """
@@ -56,6 +57,7 @@ ADDED_COLUMNS = {
     "holder": "ALTER TABLE email_sent_log ADD COLUMN holder TEXT",
     "maybe_delivered": "ALTER TABLE email_sent_log ADD COLUMN maybe_delivered"
     " INTEGER NOT NULL DEFAULT 0",
+    "message": "ALTER TABLE email_sent_log ADD COLUMN message BLOB",
 }
 
 COLUMNS = (
@@ -98,7 +100,8 @@ class Claim:
     """The right to send one email, held by `holder`.
 
     `message_id` is set when an earlier attempt may have delivered the
-    email: the new attempt must send it with this Message-ID."""
+    email: the new attempt must send it with this Message-ID, and `message`
+    holds the bytes that attempt sent, to be sent again unchanged."""
 
     kind: str
     entity_id: str
@@ -106,6 +109,7 @@ class Claim:
     holder: str
     message_id: str | None
     maybe_delivered: bool
+    message: bytes | None = None
 
 
 class SentLog:
@@ -215,8 +219,16 @@ class SentLog:
             record.kind, record.entity_id, record.message_id,
             extra={"task_id": task_id},
         )  # fmt: skip
+        stored = (
+            self._conn()
+            .execute(
+                "SELECT message FROM email_sent_log WHERE kind = ? AND entity_id = ?",
+                (record.kind, record.entity_id),
+            )
+            .fetchone()
+        )
         return Claim(record.kind, record.entity_id, task_id, holder,
-                     record.message_id, True)  # fmt: skip
+                     record.message_id, True, stored[0])  # fmt: skip
 
     def _write_claim(self, claim: Claim, record: SentRecord | None) -> None:
         conn = self._conn()
@@ -238,16 +250,19 @@ class SentLog:
              int(claim.maybe_delivered), claim.kind, claim.entity_id),
         )  # fmt: skip
 
-    def mark_sending(self, claim: Claim, recipient: str, message_id: str) -> None:
-        """Record that the message data are about to go to the SMTP server.
-        Raise SendInProgress when the claim was taken over meanwhile, so
-        that the caller sends nothing."""
+    def mark_sending(
+        self, claim: Claim, recipient: str, message_id: str, message: bytes = b""
+    ) -> None:
+        """Record that the message data are about to go to the SMTP server,
+        with the bytes of the message, which a resend after an uncertain
+        delivery sends unchanged. Raise SendInProgress when the claim was
+        taken over meanwhile, so that the caller sends nothing."""
         cursor = self._conn().execute(
             "UPDATE email_sent_log SET state = 'sending', recipient = ?,"
-            " message_id = ?, claimed_at = ?"
+            " message_id = ?, claimed_at = ?, message = ?"
             " WHERE kind = ? AND entity_id = ? AND holder = ? AND state != 'sent'",
-            (recipient, message_id, time.time(), claim.kind, claim.entity_id,
-             claim.holder),
+            (recipient, message_id, time.time(), message or None, claim.kind,
+             claim.entity_id, claim.holder),
         )  # fmt: skip
         if cursor.rowcount != 1:
             raise SendInProgress(
@@ -260,7 +275,8 @@ class SentLog:
         claim over meanwhile, because the message went."""
         self._conn().execute(
             "UPDATE email_sent_log SET state = 'sent', sent_at = ?,"
-            " send_count = send_count + 1, holder = NULL, maybe_delivered = 0"
+            " send_count = send_count + 1, holder = NULL, maybe_delivered = 0,"
+            " message = NULL"
             " WHERE kind = ? AND entity_id = ?",
             (time.time(), claim.kind, claim.entity_id),
         )

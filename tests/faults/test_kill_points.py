@@ -18,11 +18,13 @@ reach the state it sets up raises ScenarioError, which fails its tests.
 from __future__ import annotations
 
 import contextlib
+import email.policy
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass
+from email import message_from_bytes
 
 import psycopg
 import pytest
@@ -68,6 +70,8 @@ class Outcome:
     killed_phase: str | None
     # The state a stalled recovery found before it wrote its audit row.
     state_seen: str | None = None
+    # The raw messages the SMTP server stored.
+    stored: list[bytes] | None = None
 
 
 def wait_until(condition, description: str, timeout: float = 30.0):
@@ -157,14 +161,25 @@ def test_kill_before_store_email_sent(killed_before_store):
 def killed_after_store(tmp_path_factory):
     """The server stores the message, the worker is stopped before the 250
     reply and killed after it, with the sent log at `sending`."""
-    with single_email_run(tmp_path_factory, "killed-after-store") as (run, _):
+    with single_email_run(tmp_path_factory, "killed-after-store") as (run, url):
         run.smtp.kill_after_store = {1}
         run.start_consumer()
         task_id = send_welcome(run)
         wait_until(lambda: run.kills, "the delayed trap kill")
+        # The ERP row changes before the resend, which must not change the
+        # message sent under the same Message-ID.
+        with psycopg.connect(url) as conn:
+            conn.execute(
+                "UPDATE customers SET name = 'Renamed Customer' WHERE id = %s",
+                (CUSTOMER_ID,),
+            )
         run.start_consumer()
         wait_final(run, task_id)
-        yield outcome_of(run, task_id)
+        outcome = outcome_of(run, task_id)
+        outcome.stored = sorted(
+            path.read_bytes() for path in run.smtp.directory.glob("*.eml")
+        )
+        yield outcome
 
 
 def test_kill_after_store_email_not_repeated(killed_after_store):
@@ -177,6 +192,18 @@ def test_kill_after_store_resent_same_message_id(killed_after_store):
     # SMTP cannot tell the new attempt that the server stored the first
     # copy, so the copy goes again with the same Message-ID.
     assert killed_after_store.deliveries == 2
+
+
+def test_kill_after_store_resent_unchanged(killed_after_store):
+    first, second = (
+        message_from_bytes(data, policy=email.policy.default)
+        for data in killed_after_store.stored
+    )
+
+    assert first["Message-ID"] == second["Message-ID"]
+    assert first["To"] == second["To"]
+    assert first.get_body().get_content() == second.get_body().get_content()
+    assert b"Renamed Customer" not in b"".join(killed_after_store.stored)
 
 
 def test_kill_after_store_task_succeeds(killed_after_store):
