@@ -25,8 +25,8 @@ def queue(settings_env):
         ((3.0,), {}, "customer_id must be int, got float"),
         ((True,), {}, "customer_id must be int, got bool"),
         ((None,), {}, "customer_id must be int, got NoneType"),
-        ((0,), {}, "customer_id must be 1 or more, got 0"),
-        ((-4,), {}, "customer_id must be 1 or more, got -4"),
+        ((0,), {}, "customer_id must be from 1 to 9223372036854775807, got 0"),
+        ((-4,), {}, "customer_id must be from 1 to 9223372036854775807, got -4"),
         ((), {}, "missing a required argument: 'customer_id'"),
         ((3, False, 1), {}, "too many positional arguments"),
         ((3,), {"forced": True}, "unexpected keyword argument 'forced'"),
@@ -60,3 +60,17 @@ def test_valid_calls_enqueue(queue):
 def test_reminder_date_must_be_text(queue):
     with pytest.raises(InvalidArguments, match="as_of must be str or None"):
         emails.send_invoice_reminder_email(5, 20260131)
+
+
+@pytest.mark.parametrize(
+    "value", [2**63, 10**22, 10**5000], ids=["2^63", "1e22", "1e5000"]
+)
+def test_id_beyond_64_bits_rejected(value):
+    from tshjobs.arguments import InvalidArguments, argument_check
+
+    def task(customer_id: int) -> None: ...
+
+    with pytest.raises(InvalidArguments, match="must be from 1 to") as caught:
+        argument_check(task)((value,), {})
+
+    assert len(str(caught.value)) < 200

@@ -135,7 +135,7 @@ def test_doctor_does_not_create_missing_erp(env, tmp_path):
         (["03"], "customer_id must be int, got str '03'"),
         (["NaN"], "customer_id must be int, got float nan"),
         (["3", "no"], "force must be bool, got str 'no'"),
-        (["0"], "customer_id must be 1 or more"),
+        (["0"], "customer_id must be from 1 to"),
     ],
 )
 def test_enqueue_rejects_bad_arguments(env, args, message):

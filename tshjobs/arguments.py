@@ -62,13 +62,25 @@ def _type_names(allowed: tuple[type, ...]) -> str:
     )
 
 
+# The largest id a 64-bit integer column (PostgreSQL bigint, SQLite
+# INTEGER) holds.
+MAX_ID = 2**63 - 1
+
+
+def _short_repr(value: int) -> str:
+    """Return the number, or its first digits and length when it is long."""
+    text = str(value) if value.bit_length() < 4000 else "a number"
+    return text if len(text) <= 30 else f"{text[:20]}... ({len(text)} digits)"
+
+
 def argument_check(fn: Callable) -> Callable[[tuple, dict], None]:
     """Build a check of `fn`'s call arguments from its signature.
 
     It raises InvalidArguments when the arguments do not bind to the
     signature, when a value does not match a plain type annotation (int, str,
     bool, float, their unions with None), or when a parameter named `*_id`
-    gets a whole number below 1.
+    gets a whole number outside 1 to MAX_ID, the range of the databases'
+    64-bit integer ids.
     """
     signature = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
@@ -91,9 +103,11 @@ def argument_check(fn: Callable) -> Callable[[tuple, dict], None]:
                     f"{name}(): {parameter} must be {_type_names(kinds)}, "
                     f"got {type(value).__name__} {value!r:.80}"
                 )
-            if parameter.endswith("_id") and isinstance(value, int) and value < 1:
+            is_id = parameter.endswith("_id") and isinstance(value, int)
+            if is_id and not 1 <= value <= MAX_ID:
                 raise InvalidArguments(
-                    f"{name}(): {parameter} must be 1 or more, got {value}"
+                    f"{name}(): {parameter} must be from 1 to {MAX_ID}, got "
+                    f"{_short_repr(value)}"
                 )
 
     return check
