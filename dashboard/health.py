@@ -21,6 +21,7 @@ from tshjobs.audit import audit_backlog
 from tshjobs.erp import db as erp_db
 from tshjobs.settings import Settings
 from tshjobs.spool import spool_backlog
+from tshjobs.sqlite_files import check_readable
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ def check_spool(settings: Settings) -> dict:
     }
 
 
+def check_state(settings: Settings) -> dict:
+    """Read the schema of the state database (users, sessions, sent log)."""
+    check_readable(Path(settings.state_path), timeout=CHECK_TIMEOUT)
+    return {}
+
+
 def check_erp(settings: Settings) -> dict:
     """Connect to the ERP database and run one query."""
     url = settings.erp_database_url
@@ -112,6 +119,7 @@ CHECKS = {
     "queue": check_queue,
     "audit": check_audit,
     "spool": check_spool,
+    "state": check_state,
     "erp": check_erp,
 }
 

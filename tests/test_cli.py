@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,16 @@ def test_doctor_names_failures(env):
     assert "FAIL SMTP server:" in result.stdout
     assert "FAIL ERP database:" in result.stdout
     assert "ok   queue:" in result.stdout
+
+
+def test_doctor_fails_on_corrupt_state_database(env):
+    state = Path(env["TSHJOBS_DATA_DIR"]) / "tshjobs.db"
+    state.write_bytes(b"not a database" * 600)
+
+    result = tshjobs(env, "doctor")
+
+    assert result.returncode == 1
+    assert f"FAIL state database: DatabaseError: {state}" in result.stdout
 
 
 def test_doctor_bad_settings_no_secret(env):

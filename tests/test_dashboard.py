@@ -1119,6 +1119,7 @@ def test_health_ok(redis_settings, env):
     }  # fmt: skip
     assert report["checks"]["audit"] == AUDIT_OK
     assert report["checks"]["spool"] == {"ok": True, "pending": 0, "oldest_at": None}
+    assert report["checks"]["state"] == {"ok": True}
     assert report["checks"]["erp"] == {"ok": True, "kind": "sqlite"}
     assert_no_secrets(
         body, redis_settings, erp_path, BROKEN_TASK, ADD_TASK, "alert", "secret-ish"
@@ -1185,6 +1186,20 @@ def test_health_shows_spooled_tasks(redis_settings, env):
     assert report["status"] == "degraded"
     assert report["checks"]["spool"]["ok"] is False
     assert report["checks"]["spool"]["pending"] == 1
+
+
+def test_health_fails_on_corrupt_state_database(settings, env):
+    make_erp_database(env)
+    queue.audit_log(settings)
+    app = create_app(settings, {"TESTING": True, "IMPORT_TASK_MODULES": False})
+    settings.state_path.write_bytes(b"not a database" * 600)
+
+    response = app.test_client().get("/health")
+    report = response.get_json()
+
+    assert response.status_code == 503
+    assert report["checks"]["state"] == {"ok": False, "error": "DatabaseError"}
+    assert str(settings.state_path) not in response.get_data(as_text=True)
 
 
 def test_health_audit_ok_while_redis_down(env, monkeypatch):

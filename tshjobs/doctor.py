@@ -64,6 +64,13 @@ def check_audit(settings: Settings) -> str:
     return f"{settings.audit_path} is writable"
 
 
+def check_state(settings: Settings) -> str:
+    from tshjobs.sqlite_files import check_readable
+
+    check_readable(settings.state_path)
+    return f"{settings.state_path} (users, sessions, sent log) is readable"
+
+
 def check_erp(settings: Settings) -> str:
     from tshjobs.erp.db import connect
     from tshjobs.erp.queries import load_queries
@@ -144,6 +151,7 @@ def run_checks(environ: dict[str, str] | None = None) -> tuple[list[Check], bool
         _check("queue", lambda: check_queue(settings)),
         _check("task modules", lambda: check_task_modules(settings)),
         _check("audit log", lambda: check_audit(settings)),
+        _check("state database", lambda: check_state(settings)),
         _check("ERP database", lambda: check_erp(settings)),
         _check("SMTP server", lambda: check_smtp(settings)),
     ]

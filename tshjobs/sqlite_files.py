@@ -71,3 +71,19 @@ class PerThreadConnection(Generic[ConnectionT]):
             self._local.conn = conn
             self._local.pid = os.getpid()
         return conn
+
+
+def check_readable(path: Path, timeout: float = 2.0) -> None:
+    """Open an existing SQLite file read-only and read its schema. Raise
+    sqlite3.DatabaseError, naming the file, when it is not a database or is
+    damaged; a missing file passes, because its owner creates it."""
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise sqlite3.DatabaseError(f"{path}: {exc}") from None
