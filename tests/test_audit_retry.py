@@ -9,6 +9,7 @@ import sqlite3
 import time
 
 import pytest
+import sqlite_utils
 
 from tests import spool_tasks
 from tests.consumers import ConsumerProcess, wait_for_state
@@ -222,3 +223,21 @@ def test_consumer_completes_rows_after_lock(queue_env, tmp_path):
         assert events == ["enqueued", "started", "succeeded"]
     assert "Audit log write failed" in consumer.log()
     assert "Replayed" in consumer.log()
+
+
+def test_read_only_connection_reopened(audit):
+    audit.record_enqueued("t1", "tasks.one", [1], {}, "tshjobs")
+    # The connection SQLite gives a process while the file cannot be
+    # written (for example chattr +i), kept after the file is writable again.
+    read_only = sqlite3.connect(
+        f"file:{audit.path}?mode=ro", uri=True, isolation_level=None
+    )
+    audit._db._local.conn = sqlite_utils.Database(read_only)
+
+    with pytest.raises(AuditWriteDeferred):
+        audit.record_event("t1", "first", "kept while read-only")
+    audit.record_event("t1", "second", "after the file is writable")
+
+    events = [event["event"] for event in audit.events("t1")]
+    assert events[-2:] == ["first", "second"]
+    assert backlog(audit)["pending"] == 0

@@ -72,6 +72,12 @@ class PerThreadConnection(Generic[ConnectionT]):
             self._local.pid = os.getpid()
         return conn
 
+    def discard(self) -> None:
+        """Drop this thread's connection, so that the next `get` opens a new
+        one. SQLite opens a file it cannot write read-only and keeps it so,
+        even after the file becomes writable again."""
+        self._local.conn = None
+
 
 def check_readable(path: Path, timeout: float = 2.0) -> None:
     """Open an existing SQLite file read-only and read its schema. Raise

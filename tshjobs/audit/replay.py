@@ -167,11 +167,20 @@ class ReplayMixin:
         except sqlite3.OperationalError as exc:
             if not _is_transient(exc):
                 raise
+            self._reopen_if_read_only(exc)
             if not self._keep(method, args, kwargs, _error_text(exc), True):
                 raise
             raise AuditWriteDeferred(
                 f"{_error_text(exc)}; the write is kept and retried later"
             ) from exc
+
+    def _reopen_if_read_only(self, exc: sqlite3.OperationalError) -> None:
+        """Drop this thread's connections after a read-only error, so that
+        the next write opens the file again, once it is writable."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == sqlite3.SQLITE_READONLY:
+            self._db.discard()
+            self._enqueue_connections.discard()
 
     def _keep(self, method, args, kwargs, error: str, failed: bool) -> bool:
         """Append a write to the retry buffer; return whether it is kept."""
@@ -233,6 +242,7 @@ class ReplayMixin:
         except sqlite3.OperationalError as exc:
             if not _is_transient(exc):
                 raise
+            self._reopen_if_read_only(exc)
             self._note_replay_failure(exc)
             return applied
         finally:
