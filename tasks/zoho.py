@@ -192,8 +192,9 @@ def sync_all_pending(batch: int = SYNC_BATCH) -> str:
     counts = erp.count_sync_rows()
     if items and counts["pending"]:
         sync_all_pending(batch)
-    logger.info("Enqueued %d Zoho syncs; queue now %s", len(items), counts)
-    return f"enqueued {len(items)} syncs; zoho_sync_queue: {counts}"
+    summary = ", ".join(f"{status} {count}" for status, count in counts.items())
+    logger.info("Enqueued %d Zoho syncs; zoho_sync_queue: %s", len(items), summary)
+    return f"enqueued {len(items)} syncs; zoho_sync_queue: {summary}"
 
 
 REAUTHORIZATION_ALERT = "zoho_reauthorization"

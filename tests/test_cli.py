@@ -121,7 +121,7 @@ def test_enqueue_tasks_and_retry(env):
     assert "queued" in listing.stdout
     assert "tasks.emails.send_welcome_email" in listing.stdout
     assert unknown.returncode == 1
-    assert "is not registered" in unknown.stderr
+    assert "no registered task is called 'send_nothing'" in unknown.stderr
 
     not_failed = tshjobs(env, "retry", task_id)
     assert not_failed.returncode == 1
@@ -198,3 +198,12 @@ def test_user_passwd_list_delete(env):
     assert tshjobs(env, "user", "list").stdout == ""
     assert missing.returncode == 1
     assert "carol" in missing.stderr
+
+
+def test_enqueue_resolves_short_names(env):
+    result = tshjobs(env, "enqueue", "sync_customer", "5")
+    unknown = tshjobs(env, "enqueue", "no_such_task", "5")
+
+    assert result.returncode == 0, result.stderr
+    assert unknown.returncode == 1
+    assert "no registered task is called 'no_such_task'" in unknown.stderr

@@ -87,6 +87,15 @@ def test_demo_plays_a_day(tmp_path):
     assert len(emails) == sent_count(data_dir / "audit.db")
     assert process.returncode == 0, output
     assert "Stopping the demo" in output
+    env_file = data_dir / "tshjobs.env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    listing = subprocess.run(
+        [sys.executable, "-m", "tshjobs.cli", "tasks"],
+        cwd=REPO, env={**env, "TSHJOBS_ENV_FILE": str(env_file)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    assert "succeeded" in listing.stdout
 
 
 def run_demo_command(data_dir, port, timeout=60):

@@ -240,10 +240,13 @@ def user_list():
 @click.argument("args", nargs=-1)
 def enqueue(task_name, args):
     """Enqueue TASK_NAME with ARGS (each parsed as JSON, else a string)."""
-    from tshjobs.queue import enqueue_by_name
+    from tshjobs.queue import enqueue_by_name, resolve_task_name
 
     _load_tasks(_settings())
-    name = task_name if "." in task_name else f"tasks.emails.{task_name}"
+    try:
+        name = resolve_task_name(task_name)
+    except TshjobsError as exc:
+        raise click.ClickException(str(exc)) from None
     values = []
     for arg in args:
         try:

@@ -92,6 +92,18 @@ def _start_zoho_sandbox(data_dir: Path):
     return SandboxServer(config, host="127.0.0.1", port=0).start()
 
 
+def _write_env_file(path: Path, env: dict[str, str]) -> None:
+    """Write the demo's settings where `tshjobs` commands can read them with
+    TSHJOBS_ENV_FILE; the file holds the secret key, so only its owner may
+    read it."""
+    lines = [
+        f"{name}={value}" for name, value in env.items() if name != "TSHJOBS_ENV_FILE"
+    ]
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def _seed_erp(data_dir: Path, customers: int, orders: int) -> None:
     from tshjobs.erp.db import init_schema
     from tshjobs.erp.seed import seed
@@ -246,6 +258,7 @@ tshjobs demo is running.
               calls: {zoho_url}/_sandbox/stats
               records: {zoho_url}/_sandbox/records/salesorders
   Logs:       {data_dir}/consumer.log, {data_dir}/dashboard.log
+  CLI:        TSHJOBS_ENV_FILE={data_dir}/tshjobs.env .venv/bin/tshjobs tasks
   Press Ctrl-C to stop.
 """,
         flush=True,
@@ -278,6 +291,7 @@ def run_demo(data_dir, *, port=8080, customers=2000, orders=20000, events=300,
 
     zoho = _start_zoho_sandbox(data_dir)
     env = demo_environment(data_dir, capture.port, port, zoho)
+    _write_env_file(data_dir / "tshjobs.env", env)
     os.environ.update(env)
     settings = load_settings()
     get_huey(settings)

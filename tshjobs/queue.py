@@ -336,6 +336,28 @@ def import_task_modules(settings: Settings | None = None) -> None:
             ) from exc
 
 
+def resolve_task_name(name: str) -> str:
+    """Return the registered name for `name`: itself when it names a module,
+    else the one registered task whose function is called `name`. Raise
+    UnknownTask when none or several match."""
+    if "." in name:
+        return name
+
+    matches = sorted(
+        registered for registered in huey._registry._registry
+        if registered.rsplit(".", 1)[-1] == name
+    )  # fmt: skip
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise errors.UnknownTask(
+            f"task name {name!r} is ambiguous: give one of " + ", ".join(matches)
+        )
+    raise errors.UnknownTask(
+        f"no registered task is called {name!r}; docs/tasks.md lists the task names"
+    )
+
+
 def task_class(name: str) -> type[Task]:
     try:
         return huey._registry.string_to_task(name)
