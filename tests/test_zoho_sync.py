@@ -192,3 +192,23 @@ def test_each_entity_created_then_updated(sync, sandbox, erp, entity_type):
     assert again == zoho_id
     assert len(records) == 1
     assert str(records[0][field]) == value
+
+
+def test_invoice_keeps_erp_total_when_lines_differ(sync, sandbox, erp):
+    run_sql(erp, "UPDATE invoices SET total = total + 5.00 WHERE id = 1")
+    total = erp.get_invoice(1).total
+
+    sync.sync_invoice(1)
+
+    record = sandbox.records("invoices")[0]
+    assert Decimal(str(record["total"])) == total
+    assert len(record["line_items"]) == 1
+
+
+def test_invoice_without_order_syncs(sync, sandbox, erp):
+    run_sql(erp, "UPDATE invoices SET order_id = NULL WHERE id = 1")
+
+    sync.sync_invoice(1)
+
+    record = sandbox.records("invoices")[0]
+    assert Decimal(str(record["total"])) == erp.get_invoice(1).total

@@ -107,15 +107,38 @@ def salesorder_body(
     }
 
 
+def invoice_lines_add_up(invoice: Invoice, round_amount: Rounder) -> bool:
+    """Tell whether the invoice's lines, rounded as Zoho rounds them, add up
+    to its total. An invoice without an order has no lines."""
+    lines = sum(
+        (round_amount(line.unit_price) * line.quantity for line in invoice.items),
+        Decimal(0),
+    )
+    return bool(invoice.items) and lines == round_amount(invoice.total)
+
+
 def invoice_body(
     invoice: Invoice, contact_id: str, item_ids: dict[int, str], round_amount: Rounder
 ) -> dict:
+    """Return the invoice. When its lines do not add up to the ERP's total,
+    Zoho gets one line of that total, so that both show the same amount
+    owed."""
+    if invoice_lines_add_up(invoice, round_amount):
+        lines = line_items(invoice.items, item_ids, round_amount)
+    else:
+        lines = [
+            {
+                "name": f"Invoice {invoice.invoice_number}",
+                "quantity": 1,
+                "rate": round_amount(invoice.total),
+            }
+        ]
     return {
         "customer_id": contact_id,
         "invoice_number": invoice.invoice_number,
         "date": invoice.issue_date.isoformat(),
         "due_date": invoice.due_date.isoformat(),
-        "line_items": line_items(invoice.items, item_ids, round_amount),
+        "line_items": lines,
         "custom_fields": custom_fields("invoice", invoice.id),
     }
 

@@ -91,7 +91,9 @@ class ZohoSync:
     def sync_invoice(self, invoice_id: int) -> str:
         invoice = self.erp.get_invoice(invoice_id)
         contact_id = self._ensure_contact(invoice.customer)
-        item_ids = self._ensure_items(invoice.items)
+        item_ids = {}
+        if payloads.invoice_lines_add_up(invoice, self.client.round_amount):
+            item_ids = self._ensure_items(invoice.items)
         body = payloads.invoice_body(
             invoice, contact_id, item_ids, self.client.round_amount
         )
