@@ -45,8 +45,8 @@ SYNC_BATCH = 200
 
 # A zoho_sync_queue row in_progress for longer than this is pending again:
 # its task is gone. Longer than 5 retries 300 s apart.
-# NOTE: a task that waits for the daily cap's reset can hold its row longer;
-# the row is then synced twice, which the upsert makes harmless.
+# NOTE: a task that waits for the daily cap's reset can hold its row longer.
+# The row is then synced twice, which the upsert makes harmless.
 STALE_SYNC_ROW = datetime.timedelta(hours=6)
 
 # Seconds a sync task waits for a Zoho call slot. Past that it goes back on

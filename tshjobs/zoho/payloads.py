@@ -4,7 +4,7 @@ Every record carries the ERP id in the unique custom field `cf_erp_id`
 ("C-17" for customer 17), which the sync upserts by, so that a retried
 create updates the record it made instead of adding a second one. Amounts
 are `Decimal`, rounded to the organisation's price precision by the caller's
-`round_amount`; dates are the ERP's local dates, which are the
+`round_amount`. Dates are the ERP's local dates. They are the
 organisation's dates when both keep the company's time zone.
 """
 

@@ -2,11 +2,11 @@
 
 Every write is an upsert by the unique custom field cf_erp_id (see
 `tshjobs.zoho.payloads`): Zoho creates the record when no record has that
-ERP id and updates it otherwise, in one request. So a create that timed out
-after Zoho committed it, or a worker killed between Zoho's reply and the
-write-back of the Zoho id, is repaired by running the sync again: the rerun
-finds the record by its ERP id and updates it. The Zoho id is then written
-to the ERP's column (customers.zoho_contact_id and so on).
+ERP id and updates it otherwise, in one request. A create can time out
+after Zoho committed it, or a worker can die between Zoho's reply and the
+write-back of the Zoho id. Running the sync again repairs both, because the
+rerun finds the record by its ERP id and updates it. The Zoho id is then
+written to the ERP's column (customers.zoho_contact_id and so on).
 
 A sales order, invoice or payment first makes sure that its customer and
 items (or invoice) exist in Zoho, syncing them when the ERP has no Zoho id
