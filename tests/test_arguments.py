@@ -74,3 +74,11 @@ def test_id_beyond_64_bits_rejected(value):
         argument_check(task)((value,), {})
 
     assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("value", ["not-a-date", "2026-02-30", "05/01/2026"])
+def test_reminder_date_checked_at_enqueue(value):
+    from tasks.emails import send_invoice_reminder_email
+
+    with pytest.raises(InvalidArguments, match="as_of must be a date as yyyy-mm-dd"):
+        send_invoice_reminder_email.task_class.check_arguments((1, value), {})

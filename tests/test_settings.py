@@ -205,3 +205,15 @@ def test_encoded_url_password_accepted():
     settings = load_settings(environ)
 
     assert settings.erp_database_url.endswith("/db")
+
+
+def test_relative_data_dir_rejected():
+    environ = {
+        "TSHJOBS_ENV_FILE": "",
+        "TSHJOBS_SECRET_KEY": "k" * 40,
+        "TSHJOBS_ERP_DATABASE_URL": "sqlite:///erp.db",
+        "TSHJOBS_DATA_DIR": "relative/dir",
+    }
+
+    with pytest.raises(ConfigError, match="TSHJOBS_DATA_DIR='relative/dir'"):
+        load_settings(environ)

@@ -8,6 +8,7 @@ a failed task can be enqueued again.
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import json
 import types
@@ -67,6 +68,19 @@ def _type_names(allowed: tuple[type, ...]) -> str:
 MAX_ID = 2**63 - 1
 
 
+# Parameters that take an ISO date (yyyy-mm-dd) as a string.
+DATE_PARAMETERS = frozenset({"as_of", "day", "date"})
+
+
+def _check_date(name: str, parameter: str, value: str) -> None:
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        raise InvalidArguments(
+            f"{name}(): {parameter} must be a date as yyyy-mm-dd, got {value!r:.40}"
+        ) from None
+
+
 def _short_repr(value: int) -> str:
     """Return the number, or its first digits and length when it is long."""
     text = str(value) if value.bit_length() < 4000 else "a number"
@@ -80,7 +94,8 @@ def argument_check(fn: Callable) -> Callable[[tuple, dict], None]:
     signature, when a value does not match a plain type annotation (int, str,
     bool, float, their unions with None), or when a parameter named `*_id`
     gets a whole number outside 1 to MAX_ID, the range of the databases'
-    64-bit integer ids.
+    64-bit integer ids, or a date parameter (DATE_PARAMETERS) gets a string
+    that is not an ISO date.
     """
     signature = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
@@ -103,6 +118,8 @@ def argument_check(fn: Callable) -> Callable[[tuple, dict], None]:
                     f"{name}(): {parameter} must be {_type_names(kinds)}, "
                     f"got {type(value).__name__} {value!r:.80}"
                 )
+            if parameter in DATE_PARAMETERS and isinstance(value, str):
+                _check_date(name, parameter, value)
             is_id = parameter.endswith("_id") and isinstance(value, int)
             if is_id and not 1 <= value <= MAX_ID:
                 raise InvalidArguments(

@@ -335,6 +335,8 @@ def _is_email_address(text: str) -> bool:
 
 def _check_value(name: str, value) -> str | None:
     """Return a description of what is wrong with a parsed value, or None."""
+    if name == "data_dir" and not value.is_absolute():
+        return "must be an absolute path, such as /var/lib/tshjobs"
     if name == "secret_key" and len(value) < 32:
         return "must be at least 32 characters (try: openssl rand -hex 32)"
     if name == "erp_database_url" and not re.match(
