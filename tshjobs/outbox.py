@@ -101,7 +101,7 @@ class Claim:
 
     `message_id` is set when an earlier attempt may have delivered the
     email: the new attempt must send it with this Message-ID, and `message`
-    holds the bytes that attempt sent, to be sent again unchanged."""
+    contains the bytes that attempt sent, to be sent again unchanged."""
 
     kind: str
     entity_id: str

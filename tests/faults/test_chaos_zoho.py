@@ -4,7 +4,7 @@ Zoho sandbox while consumers are killed and Zoho misbehaves.
 The workload (tests/faults/zoho.py) enqueues one sync task per customer,
 product, order, invoice and payment of a seeded ERP, shuffled. Meanwhile a
 chaos thread kills whole consumers every 0.5 to 1.5 s, and the sandbox
-answers every call with 429 for 2 s, then fails 20 calls with 500, hangs 3
+returns 429 to every call for 2 s, then fails 20 calls with 500, hangs 3
 calls past the client's timeout, and commits 3 writes before hanging.
 
 What is checked: every entity has exactly one Zoho record, found by its
