@@ -52,6 +52,9 @@ def env(settings_env, pg_url, redis_url, sandbox, smtp, monkeypatch):
         "TSHJOBS_REDIS_URL": redis_url,
         "TSHJOBS_ERP_DATABASE_URL": pg_url,
         "TSHJOBS_ZOHO_RETRY_DELAYS": "0.5",
+        # Two alerts enqueued at once: the second waits for the first's
+        # claim (SendInProgress), then finds the email sent.
+        "TSHJOBS_RETRY_DELAYS": "0.5,1,1",
         "TSHJOBS_RETRY_JITTER": "0",
         "TSHJOBS_WORKERS": "2",
     }
