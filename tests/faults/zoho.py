@@ -11,6 +11,7 @@ one record in the sandbox, whichever task created it.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 
 import psycopg
@@ -112,9 +113,17 @@ def count_records(sandbox: SandboxServer) -> Counter:
 
 
 def zoho_workload(
-    run: ChaosRun, erp_url: str, sandbox: SandboxServer, customers: int
+    run: ChaosRun,
+    erp_url: str,
+    sandbox: SandboxServer,
+    customers: int,
+    *,
+    batch: int = 25,
+    batch_pause: float = 1.5,
 ) -> Workload:
-    """Seed the ERP and return the sync workload for `run`."""
+    """Seed the ERP and return the sync workload for `run`. The tasks are
+    enqueued `batch` at a time, `batch_pause` seconds apart, so that the
+    kills and faults meet work in progress however fast the machine is."""
     from tasks.zoho import SYNC_TASKS
 
     entities = prepare_erp(erp_url, customers, run.plan.seed)
@@ -123,9 +132,11 @@ def zoho_workload(
     key_by_task: dict[str, str] = {}
 
     def enqueue(run: ChaosRun) -> None:
-        for kind, entity_id in jobs:
+        for number, (kind, entity_id) in enumerate(jobs, start=1):
             task_id = run.call(SYNC_TASKS[kind], entity_id)
             key_by_task[task_id] = erp_id(kind, entity_id)
+            if number % batch == 0:
+                time.sleep(batch_pause)
 
     return Workload(
         name="zoho sync",
