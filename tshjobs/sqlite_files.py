@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -49,10 +50,26 @@ def connect(
     `timeout` seconds for another connection's lock. Then run
     `PRAGMA <pragma>` for each item of `pragmas`, in order."""
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
+    _set_wal(conn, timeout)
     for pragma in pragmas:
         conn.execute(f"PRAGMA {pragma}")
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch the file to a WAL journal. The switch needs the file to
+    itself, and SQLite does not wait for that, so connections opening a new
+    file together try again for up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
 
 
 class PerThreadConnection(Generic[ConnectionT]):
