@@ -7,7 +7,7 @@ is retried after Celery's exponential backoff with full jitter, which the
 task sets as its `retry_delay`. Any other error fails the task at once.
 
 Each task writes its outcome to the Redis hash OUTCOMES_KEY, keyed by task
-id, and counts its attempts in ATTEMPTS_KEY, so that the benchmark knows when
+id, and counts its attempts in ATTEMPTS_KEY, so that the benchmark can see when
 every task is final. The settings are the JSON object in ZOHO_PEER_CONFIG,
 which bench.zoho_sync sets: redis_url, erp_url, accounts_url,
 organization_id, client_id, client_secret, refresh_token and retries.

@@ -171,7 +171,7 @@ def test_failed_resend_keeps_uncertainty(log):
     log.mark_sending(claim, "a@example.com", "<m@x>")
     log.release(claim, maybe_delivered=True)
 
-    # The resend is rejected before its data, which tells nothing about
+    # The resend is rejected before its data, which shows nothing about
     # the first attempt.
     log.release(log.claim("invoice", 7, "task-1"))
 

@@ -94,7 +94,7 @@ def _start_zoho_sandbox(data_dir: Path):
 
 def _write_env_file(path: Path, env: dict[str, str]) -> None:
     """Write the demo's settings where `tshjobs` commands can read them with
-    TSHJOBS_ENV_FILE; the file holds the secret key, so only its owner may
+    TSHJOBS_ENV_FILE; the file contains the secret key, so only its owner may
     read it."""
     lines = [
         f"{name}={value}" for name, value in env.items() if name != "TSHJOBS_ENV_FILE"

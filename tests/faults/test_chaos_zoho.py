@@ -9,7 +9,7 @@ returns 429 to every call for 2 s, then fails 20 calls with 500, hangs 3
 calls past the client's timeout, and commits 3 writes before hanging.
 
 What is checked: every entity has exactly one Zoho record, found by its
-cf_erp_id; every record's id is written back to the ERP; every task ends
+cf_erp_id. Every record's id is written back to the ERP, and every task ends
 succeeded.
 """
 

@@ -26,7 +26,7 @@ _write_failures = 0
 def log_write_failure(task_id: str, what: str) -> None:
     """Log a failed audit write from inside an except block: the first with
     its traceback, then one line per 100, so that a broken audit database
-    cannot flood the log. The line says whether the write was kept for a
+    cannot flood the log. The line states whether the write was kept for a
     replay (AuditWriteDeferred) or lost."""
     global _write_failures
     _write_failures += 1
